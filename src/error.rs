@@ -1,0 +1,54 @@
+//! The crate's one error type. Pure Rust: the Python bridge maps each kind to
+//! the right exception class (`bridge::errors`).
+
+use std::fmt;
+
+/// What was wrong with an input, in the three parts every message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What the input turned out to be ("dtype int32", "a NaN at flat index 7").
+    pub found: String,
+    /// What quantbridge accepts there.
+    pub expected: String,
+    /// How the caller gets from `found` to `expected`.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "found {}; expected {}. Fix: {}", self.found, self.expected, self.fix)
+    }
+}
+
+/// Every way a quantbridge call can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input (tensor, spec or file) is not acceptable; the caller can fix it.
+    #[error("{0}")]
+    Validation(Problem),
+    /// A value is NaN or infinite. `index` is the flat row-major index of the first one.
+    #[error("found a non-finite value ({value}) at flat index {index}; expected only finite values. Fix: replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)")]
+    NonFinite {
+        /// Flat (row-major, logical) index of the first non-finite element.
+        index: usize,
+        /// The offending value as read in float32.
+        value: f32,
+    },
+    /// A bug or broken invariant inside quantbridge, not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for a [`Error::Validation`].
+    pub fn validation(
+        found: impl Into<String>,
+        expected: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Error::Validation(Problem { found: found.into(), expected: expected.into(), fix: fix.into() })
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

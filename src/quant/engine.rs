@@ -1,0 +1,289 @@
+//! The fast path: each group is read once, its scale computed and its codes written while
+//! it is still in cache; chunks of whole groups run in parallel.
+
+use rayon::prelude::*;
+
+use super::layout::{split_at_cuts, Layout};
+use super::math::{group_params, GroupParams};
+use super::pack::{stream_len, CodeWriter};
+use super::quantized::{Quantized, Scales, StatsAcc};
+use super::spec::QuantSpec;
+use super::view::{DType, Element, Strided, TensorView};
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+
+/// Quantize `view` according to `spec` (SPEC §2).
+pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
+    spec.validate()?;
+    match view.dtype() {
+        DType::F32 => quantize_typed::<f32>(view, spec),
+        DType::F16 => quantize_typed::<f16>(view, spec),
+        DType::BF16 => quantize_typed::<bf16>(view, spec),
+        DType::F64 => quantize_typed::<f64>(view, spec),
+    }
+}
+
+fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
+    let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
+    let (rows, cols) = view.rows_cols();
+    let layout = Layout::new(rows, cols, spec.granularity);
+    let n = layout.numel();
+    let bounds = layout.chunk_bounds();
+    let inner = &bounds[1..bounds.len() - 1];
+
+    // Per-tensor needs the global range before any code can be written: one extra pass.
+    let fixed = if layout.per_tensor {
+        let ranges = run_chunks(&bounds, |_, e0, e1| tensor_range(&data, &layout, e0, e1));
+        let (mut mn, mut mx) = (0.0f32, 0.0f32);
+        for range in ranges {
+            let (a, b) = range?;
+            (mn, mx) = (mn.min(a), mx.max(b));
+        }
+        Some(group_params(mn, mx, spec).ok_or_else(|| scale_error(spec, 0))?)
+    } else {
+        None
+    };
+
+    let mut codes = vec![0u8; stream_len(n, spec.bits, spec.pack)];
+    let mut scales = vec![0.0f32; layout.num_groups()];
+    let mut zps = vec![0u8; if spec.symmetric { 0 } else { layout.num_groups() }];
+
+    let code_cuts: Vec<usize> = inner.iter().map(|&e| stream_len(e, spec.bits, spec.pack)).collect();
+    // Per-tensor chunks write no scale (the single one is set below), so they cut at 0.
+    let group_cuts: Vec<usize> =
+        inner.iter().map(|&e| if layout.per_tensor { 0 } else { layout.group_of(e) }).collect();
+    let zp_cuts = if spec.symmetric { vec![0; inner.len()] } else { group_cuts.clone() };
+    let outs: Vec<_> = split_at_cuts(&mut codes, &code_cuts)
+        .into_iter()
+        .zip(split_at_cuts(&mut scales, &group_cuts))
+        .zip(split_at_cuts(&mut zps, &zp_cuts))
+        .map(|((c, s), z)| ChunkOut { codes: c, scales: s, zero_points: z })
+        .collect();
+
+    let results = run_chunks_with(&bounds, outs, |out, e0, e1| {
+        let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref() };
+        if spec.stats {
+            chunk.run::<true>(e0, e1, out)
+        } else {
+            chunk.run::<false>(e0, e1, out)
+        }
+    });
+    let mut acc = StatsAcc::default();
+    let mut first_error: Option<Error> = None;
+    for r in results {
+        match r {
+            Ok(part) => acc.merge(&part),
+            Err(e) => first_error = Some(earliest(first_error, e)),
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if let Some(p) = fixed {
+        scales[0] = p.scale;
+        if let Some(z) = zps.first_mut() {
+            *z = p.zp as u8;
+        }
+    }
+    Ok(Quantized {
+        shape: view.shape().to_vec(),
+        dtype: view.dtype(),
+        spec: *spec,
+        layout,
+        codes,
+        scales: Scales::from_f32(scales, spec.scale_dtype),
+        zero_points: (!spec.symmetric).then_some(zps),
+        stats: spec.stats.then(|| acc.finish(n)),
+    })
+}
+
+/// Of two errors, the one a sequential scan would have met first.
+fn earliest(current: Option<Error>, new: Error) -> Error {
+    match (current, new) {
+        (Some(a @ Error::NonFinite { index: ia, .. }), b @ Error::NonFinite { index: ib, .. }) => {
+            if ib < ia {
+                b
+            } else {
+                a
+            }
+        }
+        (Some(a), _) => a,
+        (None, b) => b,
+    }
+}
+
+fn scale_error(spec: &QuantSpec, group: usize) -> Error {
+    Error::validation(
+        format!(
+            "values in group {group} whose scale is not representable in {} (the range is too large)",
+            spec.scale_dtype.name()
+        ),
+        "a value range whose scale fits the scale dtype",
+        "use scale_dtype=\"float32\" or \"bfloat16\" (float16 scales stop at 65504), or rescale the tensor",
+    )
+}
+
+/// Run `f(index, start, end)` on every chunk; in parallel when there is more than one.
+fn run_chunks<R: Send>(bounds: &[usize], f: impl Fn(usize, usize, usize) -> R + Sync) -> Vec<R> {
+    let n_chunks = bounds.len() - 1;
+    if n_chunks == 1 {
+        return vec![f(0, bounds[0], bounds[1])];
+    }
+    (0..n_chunks).into_par_iter().map(|i| f(i, bounds[i], bounds[i + 1])).collect()
+}
+
+/// Like [`run_chunks`], handing each chunk its own output slices.
+fn run_chunks_with<O: Send, R: Send>(
+    bounds: &[usize],
+    outs: Vec<O>,
+    f: impl Fn(O, usize, usize) -> R + Sync,
+) -> Vec<R> {
+    if outs.len() == 1 {
+        return outs.into_iter().map(|o| f(o, bounds[0], bounds[1])).collect();
+    }
+    outs.into_par_iter().enumerate().map(|(i, o)| f(o, bounds[i], bounds[i + 1])).collect()
+}
+
+/// The output slices one chunk owns.
+struct ChunkOut<'o> {
+    codes: &'o mut [u8],
+    scales: &'o mut [f32],
+    zero_points: &'o mut [u8],
+}
+
+/// Everything a chunk reads.
+struct Chunk<'c, 'a, 'v, T> {
+    data: &'c Strided<'a, 'v, T>,
+    layout: &'c Layout,
+    spec: &'c QuantSpec,
+    /// The per-tensor parameters, when there is one group for everything.
+    fixed: Option<&'c GroupParams>,
+}
+
+impl<T: Element> Chunk<'_, '_, '_, T> {
+    /// Quantize flat elements `e0..e1` (a run of whole groups starting on a byte boundary).
+    fn run<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
+        let lay = self.layout;
+        if e0 == e1 {
+            return Ok(StatsAcc::default());
+        }
+        let mut writer = CodeWriter::new(out.codes, if self.spec.pack { self.spec.bits } else { 8 });
+        let mut acc = StatsAcc::default();
+        let mut scratch: Vec<f32> = Vec::new();
+        let mut group = 0;
+        let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
+        let mut row_offset = self.data.row_offset(row);
+        let mut e = e0;
+        while e < e1 {
+            let len = lay.group_len.min(lay.cols - col).min(e1 - e);
+            let fresh = match self.data.contiguous_run(row_offset, col, len) {
+                Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
+                None => {
+                    scratch.clear();
+                    scratch.extend((0..len).map(|k| self.data.get(row_offset, col + k)));
+                    self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                }
+            }?;
+            if let Some(p) = fresh {
+                out.scales[group] = p.scale;
+                if let Some(z) = out.zero_points.get_mut(group) {
+                    *z = p.zp as u8;
+                }
+                group += 1;
+            }
+            e += len;
+            col += len;
+            if col == lay.cols {
+                col = 0;
+                row += 1;
+                if e < e1 {
+                    row_offset = self.data.row_offset(row);
+                }
+            }
+        }
+        writer.finish();
+        Ok(acc)
+    }
+
+    /// Quantize one group (or, per-tensor, one row segment) starting at flat index `e`.
+    /// Returns the group's new parameters when it has its own scale.
+    #[inline]
+    fn group<S: Element, const STATS: bool>(
+        &self,
+        xs: &[S],
+        e: usize,
+        writer: &mut CodeWriter<'_>,
+        acc: &mut StatsAcc,
+    ) -> Result<Option<GroupParams>> {
+        let (params, fresh) = match self.fixed {
+            Some(p) => (*p, false),
+            None => {
+                let (mn, mx) = min_max(xs, e)?;
+                let p = group_params(mn, mx, self.spec)
+                    .ok_or_else(|| scale_error(self.spec, self.layout.group_of(e)))?;
+                (p, true)
+            }
+        };
+        for &x in xs {
+            let x = x.to_f32();
+            let q = params.code_value(x);
+            writer.push(params.store(q));
+            if STATS {
+                acc.add(x, params.decode_value(q));
+            }
+        }
+        Ok(fresh.then_some(params))
+    }
+}
+
+/// Smallest and largest element, or the flat index of the first non-finite one.
+#[inline]
+fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
+    let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut finite = true;
+    for &x in xs {
+        let v = x.to_f32();
+        mn = mn.min(v);
+        mx = mx.max(v);
+        // v - v is 0 for finite v and NaN for NaN and ±inf.
+        finite &= v - v == 0.0;
+    }
+    if finite {
+        return Ok((mn, mx));
+    }
+    let (k, value) = xs
+        .iter()
+        .map(|x| x.to_f32())
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+        .expect("a non-finite element was seen");
+    Err(Error::NonFinite { index: first_index + k, value })
+}
+
+/// Range of flat elements `e0..e1` for per-tensor quantization.
+fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, e1: usize) -> Result<(f32, f32)> {
+    let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
+    if e0 == e1 {
+        return Ok((mn, mx));
+    }
+    let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
+    let mut e = e0;
+    let mut scratch = Vec::new();
+    while e < e1 {
+        let len = (lay.cols - col).min(e1 - e);
+        let row_offset = data.row_offset(row);
+        let (a, b) = match data.contiguous_run(row_offset, col, len) {
+            Some(run) => min_max(run, e)?,
+            None => {
+                scratch.clear();
+                scratch.extend((0..len).map(|k| data.get(row_offset, col + k)));
+                min_max(&scratch, e)?
+            }
+        };
+        (mn, mx) = (mn.min(a), mx.max(b));
+        e += len;
+        col = 0;
+        row += 1;
+    }
+    Ok((mn, mx))
+}

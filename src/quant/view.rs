@@ -1,0 +1,360 @@
+//! The engine's seam: a read-only, possibly strided view of a tensor.
+//!
+//! A [`TensorView`] is a slice that covers every element the view can reach, plus the
+//! position of element `[0, …, 0]` in it, a shape and element strides. The bridge builds
+//! the slice from a borrowed pointer (that is where the `unsafe` lives); everything here
+//! is safe indexing, and [`TensorView::new`] proves once that every reachable element is
+//! inside the slice.
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+/// Element types the engine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE float32.
+    F32,
+    /// IEEE float16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE float64 (rounded to float32 on read).
+    F64,
+}
+
+impl DType {
+    /// The name numpy and torch use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::F64 => "float64",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn itemsize(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
+/// A float type the engine can read; it is converted to float32 on load.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// The runtime tag of this type.
+    const DTYPE: DType;
+    /// Convert to float32 (float64 rounds to nearest, the others are exact).
+    fn to_f32(self) -> f32;
+    /// The slice inside `data` when it holds this type.
+    fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]>;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
+        match data {
+            ElemSlice::F32(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+impl Element for f64 {
+    const DTYPE: DType = DType::F64;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
+        match data {
+            ElemSlice::F64(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
+        match data {
+            ElemSlice::F16(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
+        match data {
+            ElemSlice::BF16(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The memory a view reads, typed.
+#[derive(Debug, Clone, Copy)]
+pub enum ElemSlice<'a> {
+    /// float32 elements.
+    F32(&'a [f32]),
+    /// float16 elements.
+    F16(&'a [f16]),
+    /// bfloat16 elements.
+    BF16(&'a [bf16]),
+    /// float64 elements.
+    F64(&'a [f64]),
+}
+
+impl ElemSlice<'_> {
+    /// Number of elements in the slice.
+    pub fn len(&self) -> usize {
+        match self {
+            ElemSlice::F32(s) => s.len(),
+            ElemSlice::F16(s) => s.len(),
+            ElemSlice::BF16(s) => s.len(),
+            ElemSlice::F64(s) => s.len(),
+        }
+    }
+
+    /// True when the slice holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            ElemSlice::F32(_) => DType::F32,
+            ElemSlice::F16(_) => DType::F16,
+            ElemSlice::BF16(_) => DType::BF16,
+            ElemSlice::F64(_) => DType::F64,
+        }
+    }
+
+    /// Address of the first element (for zero-copy checks in tests and metrics).
+    pub fn as_ptr(&self) -> *const u8 {
+        match self {
+            ElemSlice::F32(s) => s.as_ptr().cast(),
+            ElemSlice::F16(s) => s.as_ptr().cast(),
+            ElemSlice::BF16(s) => s.as_ptr().cast(),
+            ElemSlice::F64(s) => s.as_ptr().cast(),
+        }
+    }
+}
+
+/// Where each element of an n-d layout sits relative to element `[0, …, 0]`.
+///
+/// Returns `(lowest, highest)` element offsets reachable through `shape`/`strides`, or
+/// `None` when the tensor is empty. Works in i128 so hostile strides cannot overflow.
+pub fn reachable_offsets(shape: &[usize], strides: &[isize]) -> Option<(i128, i128)> {
+    if shape.contains(&0) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0i128, 0i128);
+    for (&n, &s) in shape.iter().zip(strides) {
+        let reach = (n as i128 - 1) * s as i128;
+        if reach < 0 {
+            lo += reach;
+        } else {
+            hi += reach;
+        }
+    }
+    Some((lo, hi))
+}
+
+/// Number of elements of `shape`, or a validation error when the product overflows.
+pub fn checked_numel(shape: &[usize]) -> Result<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+        Error::validation(
+            format!("shape {shape:?} whose element count overflows"),
+            "a shape whose product fits in 64 bits",
+            "check the producer's shape; it is corrupt",
+        )
+    })
+}
+
+/// A read-only view of an n-d float tensor with arbitrary element strides.
+#[derive(Debug, Clone)]
+pub struct TensorView<'a> {
+    data: ElemSlice<'a>,
+    origin: usize,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+}
+
+impl<'a> TensorView<'a> {
+    /// A view of `data` where element `[0, …, 0]` is `data[origin]`.
+    ///
+    /// Fails unless `ndim >= 1`, the shape's product fits in `usize`, and every element
+    /// reachable through `shape`/`strides` lies inside `data`.
+    pub fn new(
+        data: ElemSlice<'a>,
+        origin: usize,
+        shape: Vec<usize>,
+        strides: Vec<isize>,
+    ) -> Result<Self> {
+        if shape.is_empty() {
+            return Err(Error::validation(
+                "a 0-d tensor (a scalar)",
+                "a tensor with at least one dimension",
+                "reshape it to (1,) first, e.g. x.reshape(1)",
+            ));
+        }
+        if shape.len() != strides.len() {
+            return Err(Error::validation(
+                format!("{} dimensions but {} strides", shape.len(), strides.len()),
+                "one stride per dimension",
+                "check the producer; its strides are corrupt",
+            ));
+        }
+        checked_numel(&shape)?;
+        if let Some((lo, hi)) = reachable_offsets(&shape, &strides) {
+            let first = origin as i128 + lo;
+            let last = origin as i128 + hi;
+            if first < 0 || last >= data.len() as i128 {
+                return Err(Error::validation(
+                    format!(
+                        "a view (shape {shape:?}, strides {strides:?}) that reaches elements {first}..={last} of a {}-element buffer",
+                        data.len()
+                    ),
+                    "every reachable element inside the buffer",
+                    "check the producer's shape, strides and offset; they are inconsistent",
+                ));
+            }
+        }
+        Ok(TensorView { data, origin, shape, strides })
+    }
+
+    /// A C-contiguous view of the whole of `data`.
+    pub fn contiguous(data: ElemSlice<'a>, shape: Vec<usize>) -> Result<Self> {
+        let strides = contiguous_strides(&shape);
+        Self::new(data, 0, shape, strides)
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Element strides.
+    pub fn strides(&self) -> &[isize] {
+        &self.strides
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The memory the view reads.
+    pub fn data(&self) -> ElemSlice<'a> {
+        self.data
+    }
+    /// Index in [`Self::data`] of element `[0, …, 0]`.
+    pub fn origin(&self) -> usize {
+        self.origin
+    }
+    /// True when the elements are laid out row-major with no gaps.
+    pub fn is_c_contiguous(&self) -> bool {
+        let mut expected = 1isize;
+        for (&n, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if n != 1 && s != expected {
+                return false;
+            }
+            expected = expected.wrapping_mul(n as isize);
+        }
+        true
+    }
+    /// `rows × cols` with cols the last axis (SPEC §2).
+    pub fn rows_cols(&self) -> (usize, usize) {
+        let cols = *self.shape.last().expect("ndim >= 1 is checked in new()");
+        let rows = self.shape[..self.shape.len() - 1].iter().product();
+        (rows, cols)
+    }
+
+    /// The typed form the kernels use; `None` unless `T` is [`Self::dtype`].
+    pub fn typed<T: Element>(&self) -> Option<Strided<'a, '_, T>> {
+        let data = T::unwrap_slice(self.data)?;
+        Some(Strided { data, origin: self.origin, shape: &self.shape, strides: &self.strides })
+    }
+}
+
+/// Row-major element strides for `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
+    let mut strides = vec![0isize; shape.len()];
+    let mut acc = 1isize;
+    for (s, &n) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul(n.max(1) as isize);
+    }
+    strides
+}
+
+/// A [`TensorView`] with its element type resolved.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a, 'v, T> {
+    data: &'a [T],
+    origin: usize,
+    shape: &'v [usize],
+    strides: &'v [isize],
+}
+
+impl<'a, T: Element> Strided<'a, '_, T> {
+    /// Offset (in elements, from `origin`) of the first element of row `row`,
+    /// rows being the flattened leading axes.
+    pub fn row_offset(&self, mut row: usize) -> isize {
+        let lead = self.shape.len() - 1;
+        let mut offset = 0isize;
+        for d in (0..lead).rev() {
+            let n = self.shape[d];
+            offset += (row % n) as isize * self.strides[d];
+            row /= n;
+        }
+        offset
+    }
+
+    /// Stride of the last axis.
+    pub fn col_stride(&self) -> isize {
+        self.strides[self.shape.len() - 1]
+    }
+
+    /// `len` elements of a row starting at `row_offset + col*col_stride`, when the last
+    /// axis is unit-stride (so they are one contiguous slice).
+    #[inline]
+    pub fn contiguous_run(&self, row_offset: isize, col: usize, len: usize) -> Option<&'a [T]> {
+        if self.col_stride() != 1 && len > 1 {
+            return None;
+        }
+        let start = (self.origin as isize + row_offset + col as isize) as usize;
+        Some(&self.data[start..start + len])
+    }
+
+    /// Element `col` of the row at `row_offset`, as float32.
+    #[inline(always)]
+    pub fn get(&self, row_offset: isize, col: usize) -> f32 {
+        let at = self.origin as isize + row_offset + col as isize * self.col_stride();
+        self.data[at as usize].to_f32()
+    }
+
+    /// Element at a full multi-index (the reference implementation's accessor).
+    pub fn at(&self, index: &[usize]) -> f32 {
+        let offset: isize = index.iter().zip(self.strides).map(|(&i, &s)| i as isize * s).sum();
+        self.data[(self.origin as isize + offset) as usize].to_f32()
+    }
+}
