@@ -338,10 +338,11 @@ impl<'a, T: Element> Strided<'a, '_, T> {
     /// axis is unit-stride (so they are one contiguous slice).
     #[inline]
     pub fn contiguous_run(&self, row_offset: isize, col: usize, len: usize) -> Option<&'a [T]> {
-        if self.col_stride() != 1 && len > 1 {
+        let stride = self.col_stride();
+        if stride != 1 && len > 1 {
             return None;
         }
-        let start = (self.origin as isize + row_offset + col as isize) as usize;
+        let start = (self.origin as isize + row_offset + col as isize * stride) as usize;
         Some(&self.data[start..start + len])
     }
 

@@ -1,0 +1,228 @@
+//! Properties of the pure engine: the fast path equals the scalar reference bit for bit, the
+//! error bound of SPEC §2 holds, and packing round-trips. `PROPTEST_CASES` raises the count.
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use quantbridge::quant::{
+    pack, quantize, quantize_reference, read_row_major, ElemSlice, Granularity, QuantSpec, ScaleDtype,
+    TensorView,
+};
+
+/// A strided tensor over an owned buffer, in one of the four input dtypes.
+#[derive(Debug, Clone)]
+struct Case {
+    values: Vec<f32>,
+    dtype: u8,
+    shape: Vec<usize>,
+    strides: Vec<isize>,
+    origin: usize,
+}
+
+enum Owned {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F64(Vec<f64>),
+}
+
+impl Case {
+    fn owned(&self) -> Owned {
+        match self.dtype {
+            0 => Owned::F32(self.values.clone()),
+            1 => Owned::F16(self.values.iter().map(|&v| f16::from_f32(v)).collect()),
+            2 => Owned::BF16(self.values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            _ => Owned::F64(self.values.iter().map(|&v| v as f64 * 1.000_000_1).collect()),
+        }
+    }
+}
+
+impl Owned {
+    fn view<'a>(&'a self, c: &Case) -> TensorView<'a> {
+        let data = match self {
+            Owned::F32(v) => ElemSlice::F32(v),
+            Owned::F16(v) => ElemSlice::F16(v),
+            Owned::BF16(v) => ElemSlice::BF16(v),
+            Owned::F64(v) => ElemSlice::F64(v),
+        };
+        TensorView::new(data, c.origin, c.shape.clone(), c.strides.clone()).expect("generated layouts are valid")
+    }
+}
+
+/// Values with the features that matter: zeros, constant runs, mixed signs, wide ranges.
+fn value() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        3 => -10.0f32..10.0,
+        1 => Just(0.0f32),
+        1 => Just(2.5f32),
+        1 => -1e4f32..1e4,
+        1 => -1e-3f32..1e-3,
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=3, 0u8..4)
+        .prop_flat_map(|(ndim, dtype)| {
+            let lead = prop::collection::vec(0usize..5, ndim - 1);
+            let last = prop_oneof![0usize..12, 12usize..300];
+            let steps = prop::collection::vec(1usize..=2, ndim);
+            let flips = prop::collection::vec(any::<bool>(), ndim);
+            let bcast = prop::collection::vec(prop::bool::weighted(0.1), ndim);
+            let perm = Just((0..ndim).collect::<Vec<_>>()).prop_shuffle();
+            (lead, last, steps, flips, bcast, perm, Just(dtype))
+        })
+        .prop_flat_map(|(mut shape, last, steps, flips, bcast, perm, dtype)| {
+            shape.push(last);
+            let ndim = shape.len();
+            // Lay the (stepped) extents out in memory in `perm` order, so dims may be transposed.
+            let ext: Vec<usize> = (0..ndim).map(|d| (shape[d] * steps[d]).max(1)).collect();
+            let mut phys = vec![0isize; ndim];
+            let mut acc = 1isize;
+            for &d in perm.iter().rev() {
+                phys[d] = acc;
+                acc *= ext[d] as isize;
+            }
+            let len = acc as usize;
+            let mut origin = 0isize;
+            let mut strides = vec![0isize; ndim];
+            for d in 0..ndim {
+                let mut s = phys[d] * steps[d] as isize;
+                if bcast[d] {
+                    s = 0;
+                } else if flips[d] && shape[d] > 0 {
+                    origin += (shape[d] as isize - 1) * s;
+                    s = -s;
+                }
+                strides[d] = s;
+            }
+            let values = prop::collection::vec(value(), len);
+            (values, Just(dtype), Just(shape), Just(strides), Just(origin as usize))
+        })
+        .prop_map(|(values, dtype, shape, strides, origin)| Case { values, dtype, shape, strides, origin })
+}
+
+fn spec() -> impl Strategy<Value = QuantSpec> {
+    let granularity = prop_oneof![
+        Just(Granularity::Tensor),
+        Just(Granularity::Channel),
+        (1usize..40).prop_map(Granularity::Group),
+        Just(Granularity::Group(128)),
+    ];
+    let scale_dtype = prop_oneof![Just(ScaleDtype::F32), Just(ScaleDtype::F16), Just(ScaleDtype::BF16)];
+    (prop::sample::select(vec![2u8, 4, 8]), any::<bool>(), granularity, scale_dtype, any::<bool>()).prop_map(
+        |(bits, symmetric, granularity, scale_dtype, pack)| QuantSpec {
+            bits,
+            symmetric,
+            granularity,
+            scale_dtype,
+            pack,
+            stats: true,
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn fast_path_equals_reference(c in case(), s in spec()) {
+        let owned = c.owned();
+        let view = owned.view(&c);
+        let fast = quantize(&view, &s).unwrap();
+        let slow = quantize_reference(&view, &s).unwrap();
+        prop_assert_eq!(&fast.codes, &slow.codes);
+        prop_assert_eq!(&fast.scales, &slow.scales);
+        prop_assert_eq!(&fast.zero_points, &slow.zero_points);
+        prop_assert_eq!(fast.layout, slow.layout);
+        prop_assert_eq!(fast.stats, slow.stats, "single-chunk sums run in the same order");
+    }
+
+    #[test]
+    fn error_is_at_most_half_a_scale(c in case(), s in spec()) {
+        let owned = c.owned();
+        let view = owned.view(&c);
+        let q = quantize(&view, &s).unwrap();
+        let x = read_row_major(&view);
+        let xd = q.dequantize();
+        prop_assert_eq!(x.len(), xd.len());
+        for (e, (&a, &b)) in x.iter().zip(&xd).enumerate() {
+            let scale = q.scales.get(q.layout.group_of(e));
+            let bound = scale / 2.0 * (1.0 + 1e-5) + a.abs() * 1e-6;
+            prop_assert!((a - b).abs() <= bound, "element {}: x={} x'={} scale={}", e, a, b, scale);
+        }
+    }
+
+    #[test]
+    fn unpack_inverts_pack(codes in prop::collection::vec(0u8..4, 0..200), bits in prop::sample::select(vec![2u8, 4, 8])) {
+        let mask = ((1u16 << bits) - 1) as u8;
+        let codes: Vec<u8> = codes.iter().map(|c| c & mask).collect();
+        let packed = pack::pack(&codes, bits);
+        prop_assert_eq!(packed.len(), pack::packed_len(codes.len(), bits));
+        prop_assert_eq!(pack::unpack(&packed, bits, codes.len()), codes);
+    }
+
+    #[test]
+    fn packed_and_unpacked_agree(c in case(), s in spec()) {
+        let owned = c.owned();
+        let view = owned.view(&c);
+        let packed = quantize(&view, &QuantSpec { pack: true, ..s }).unwrap();
+        let loose = quantize(&view, &QuantSpec { pack: false, ..s }).unwrap();
+        let offset = if s.symmetric { 1i32 << (s.bits - 1) } else { 0 };
+        let from_loose: Vec<u8> = loose.codes.iter()
+            .map(|&c| if s.symmetric { (c as i8 as i32 + offset) as u8 } else { c })
+            .collect();
+        prop_assert_eq!(&pack::pack(&from_loose, s.bits), &packed.codes);
+        prop_assert_eq!(loose.dequantize(), packed.dequantize());
+    }
+}
+
+/// Tensors big enough for many parallel chunks, with odd row lengths so chunk starts are
+/// not row starts; checked against the reference and across thread counts.
+#[test]
+fn multi_chunk_tensors_match_reference_on_any_thread_count() {
+    let (rows, cols) = (97usize, 4099usize);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0).collect();
+    let transposed_strides = vec![1isize, rows as isize];
+    for (shape, strides) in [(vec![rows, cols], vec![cols as isize, 1]), (vec![cols, rows], transposed_strides)] {
+        let view = TensorView::new(ElemSlice::F32(&values), 0, shape, strides).unwrap();
+        for granularity in [Granularity::Group(128), Granularity::Group(5), Granularity::Channel, Granularity::Tensor] {
+            for bits in [2u8, 4, 8] {
+                let s = QuantSpec { bits, granularity, stats: true, ..QuantSpec::default() };
+                let slow = quantize_reference(&view, &s).unwrap();
+                let mut results = Vec::new();
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    results.push(pool.install(|| quantize(&view, &s).unwrap()));
+                }
+                assert_eq!(results[0].codes, slow.codes, "{granularity:?} {bits}");
+                assert_eq!(results[0].scales, slow.scales);
+                assert_eq!(results[0].zero_points, slow.zero_points);
+                let a = results[0].stats.unwrap();
+                let b = slow.stats.unwrap();
+                assert!((a.mse - b.mse).abs() <= 1e-9 * b.mse.max(1e-30));
+                assert_eq!(a.max_abs_error, b.max_abs_error);
+                assert!(results.iter().all(|r| r == &results[0]), "thread count changed the result");
+            }
+        }
+    }
+}
+
+#[test]
+fn first_non_finite_is_reported_by_flat_index() {
+    let mut values = vec![1.0f32; 300_000];
+    values[250_001] = f32::INFINITY;
+    values[200_003] = f32::NAN;
+    let view = TensorView::contiguous(ElemSlice::F32(&values), vec![600, 500]).unwrap();
+    for granularity in [Granularity::Group(128), Granularity::Tensor] {
+        let err = quantize(&view, &QuantSpec { granularity, ..QuantSpec::default() }).unwrap_err();
+        assert!(matches!(err, quantbridge::Error::NonFinite { index: 200_003, .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn zero_size_tensors_give_empty_results() {
+    let values: Vec<f32> = vec![];
+    for shape in [vec![0usize], vec![0, 5], vec![5, 0]] {
+        let view = TensorView::contiguous(ElemSlice::F32(&values), shape.clone()).unwrap();
+        let q = quantize(&view, &QuantSpec::default()).unwrap();
+        assert!(q.codes.is_empty(), "{shape:?}");
+        assert!(q.dequantize().is_empty());
+    }
+}
