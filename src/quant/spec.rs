@@ -104,3 +104,50 @@ impl QuantSpec {
         ((1u16 << self.bits) - 1) as u8
     }
 }
+
+impl QuantSpec {
+    /// Build a spec from the Python API's loosely typed options (SPEC §4):
+    /// `group_size=None` or `granularity="channel"` means one group per row.
+    pub fn from_options(
+        bits: i64,
+        group_size: Option<i64>,
+        symmetric: bool,
+        granularity: &str,
+        scale_dtype: &str,
+        pack: bool,
+        stats: bool,
+    ) -> Result<Self> {
+        let bits = u8::try_from(bits).ok().filter(|b| matches!(b, 2 | 4 | 8)).ok_or_else(|| {
+            Error::validation(format!("bits={bits}"), "2, 4 or 8", "pass bits=8, bits=4 (default) or bits=2")
+        })?;
+        let granularity = match (granularity, group_size) {
+            ("tensor", _) => Granularity::Tensor,
+            ("channel", _) | ("group", None) => Granularity::Channel,
+            ("group", Some(g)) if g > 0 => Granularity::Group(g as usize),
+            ("group", Some(g)) => {
+                return Err(Error::validation(
+                    format!("group_size={g}"),
+                    "a positive group size, or None for one group per row",
+                    "pass group_size=128 (default), another positive integer, or group_size=None",
+                ))
+            }
+            (other, _) => {
+                return Err(Error::validation(
+                    format!("granularity={other:?}"),
+                    "\"group\", \"channel\" or \"tensor\"",
+                    "pass granularity=\"group\" (default, with group_size), \"channel\" or \"tensor\"",
+                ))
+            }
+        };
+        let spec = QuantSpec {
+            bits,
+            symmetric,
+            granularity,
+            scale_dtype: ScaleDtype::parse(scale_dtype)?,
+            pack,
+            stats,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}

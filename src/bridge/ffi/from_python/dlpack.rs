@@ -1,0 +1,307 @@
+//! DLPack consumer: `__dlpack__` capsules to [`BorrowedTensor`]s.
+//!
+//! Protocol, in order: check `__dlpack_device__` (so a GPU tensor is refused before
+//! anything is consumed), call `__dlpack__(max_version=(1, 0))` and fall back to the legacy
+//! call on `TypeError`, accept `dltensor_versioned` or `dltensor`, refuse `used_*`, rename
+//! the capsule to `used_*` (the producer's capsule destructor then leaves the tensor to
+//! us), and hand the managed tensor to a [`DlpackOwner`] at once, so that every later
+//! error path, a major-version mismatch included, calls the deleter exactly once.
+
+use std::ffi::CStr;
+use std::ptr::NonNull;
+
+use dlpack_rs::ffi::{DLDataTypeCode, DLDeviceType, DLManagedTensor, DLManagedTensorVersioned, DLTensor};
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi as pyffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
+use crate::bridge::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED, USED_DLTENSOR, USED_DLTENSOR_VERSIONED};
+use crate::bridge::errors::{validation, LayerError};
+use crate::quant::DType;
+
+/// Most dimensions a producer may claim before we read its shape array.
+const MAX_NDIM: i32 = 64;
+
+/// A consumed managed tensor; dropping it calls the producer's deleter once.
+enum Managed {
+    Versioned(NonNull<DLManagedTensorVersioned>),
+    Legacy(NonNull<DLManagedTensor>),
+}
+
+/// Owns a consumed DLPack tensor and a strong reference to its producer.
+pub struct DlpackOwner {
+    managed: Managed,
+    // Held so the producer (and its memory) outlives every read, even if the caller drops it.
+    _producer: Py<PyAny>,
+    _capsule: Py<PyAny>,
+}
+
+impl Owner for DlpackOwner {
+    fn kind(&self) -> &'static str {
+        "dlpack"
+    }
+}
+
+impl Drop for DlpackOwner {
+    fn drop(&mut self) {
+        // Deleters (torch's among them) may re-enter Python, so run them attached.
+        Python::attach(|_py| match self.managed {
+            Managed::Versioned(m) => {
+                // SAFETY: `m` came from a capsule we renamed to `used_*`, so we are its only
+                // owner; the deleter field is read from the producer's struct, which is alive
+                // until the deleter itself runs; this Drop runs once, so the deleter does too.
+                unsafe {
+                    if let Some(deleter) = (*m.as_ptr()).deleter {
+                        deleter(m.as_ptr());
+                    }
+                }
+            }
+            Managed::Legacy(m) => {
+                // SAFETY: as for the versioned case above.
+                unsafe {
+                    if let Some(deleter) = (*m.as_ptr()).deleter {
+                        deleter(m.as_ptr());
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Devices whose memory the CPU can read.
+fn readable_device(device_type: u32) -> bool {
+    matches!(device_type, DLDeviceType::kDLCPU | DLDeviceType::kDLCUDAHost | DLDeviceType::kDLCUDAManaged)
+}
+
+fn device_name(device_type: u32) -> String {
+    let name = match device_type {
+        DLDeviceType::kDLCPU => "cpu",
+        DLDeviceType::kDLCUDA => "cuda",
+        DLDeviceType::kDLCUDAHost => "cuda_host",
+        DLDeviceType::kDLOpenCL => "opencl",
+        DLDeviceType::kDLVulkan => "vulkan",
+        DLDeviceType::kDLMetal => "metal (mps)",
+        DLDeviceType::kDLROCM => "rocm",
+        DLDeviceType::kDLROCMHost => "rocm_host",
+        DLDeviceType::kDLCUDAManaged => "cuda_managed",
+        DLDeviceType::kDLOneAPI => "oneapi (xpu)",
+        DLDeviceType::kDLTPU => "tpu",
+        _ => "unknown",
+    };
+    format!("{name} (DLPack device type {device_type})")
+}
+
+fn device_error(py: Python<'_>, layer: &str, device_type: u32) -> PyErr {
+    validation(
+        py,
+        layer,
+        format!("a tensor on device {}", device_name(device_type)),
+        "a tensor in CPU memory (cpu, cuda_host or cuda_managed)",
+        "move it to the CPU first, e.g. x.cpu() (torch) or jax.device_get(x)",
+    )
+}
+
+/// The engine dtype of a DLPack dtype, or a message naming it.
+fn engine_dtype(code: u8, bits: u8, lanes: u16) -> Result<DType, String> {
+    let code32 = code as u32;
+    let name = match code32 {
+        DLDataTypeCode::kDLInt => format!("int{bits}"),
+        DLDataTypeCode::kDLUInt => format!("uint{bits}"),
+        DLDataTypeCode::kDLFloat => format!("float{bits}"),
+        DLDataTypeCode::kDLBfloat => format!("bfloat{bits}"),
+        DLDataTypeCode::kDLComplex => format!("complex{bits}"),
+        DLDataTypeCode::kDLBool => "bool".to_string(),
+        7..=14 => format!("float8 (DLPack code {code})"),
+        15..=17 => format!("a sub-byte float (DLPack code {code})"),
+        _ => format!("an unknown dtype (DLPack code {code}, {bits} bits)"),
+    };
+    if lanes != 1 {
+        return Err(format!("{name} with {lanes} lanes"));
+    }
+    match (code32, bits) {
+        (DLDataTypeCode::kDLFloat, 32) => Ok(DType::F32),
+        (DLDataTypeCode::kDLFloat, 16) => Ok(DType::F16),
+        (DLDataTypeCode::kDLFloat, 64) => Ok(DType::F64),
+        (DLDataTypeCode::kDLBfloat, 16) => Ok(DType::BF16),
+        _ => Err(name),
+    }
+}
+
+/// Get a capsule from the producer, asking for a versioned one first.
+fn call_dlpack<'py>(obj: &Bound<'py, PyAny>, layer: &str) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "max_version"), (1, 0))?;
+    let method = obj.getattr(intern!(py, "__dlpack__"))?;
+    let result = match method.call((), Some(&kwargs)) {
+        Err(e) if e.is_instance_of::<PyTypeError>(py) => method.call0(),
+        other => other,
+    };
+    result.map_err(|cause| {
+        let err = validation(
+            py,
+            layer,
+            format!("a producer whose __dlpack__() raised {cause}"),
+            "a producer that can export its memory through DLPack",
+            "export a plain CPU tensor (for torch: x.detach().cpu(); for numpy: a native-byte-order array)",
+        );
+        err.set_cause(py, Some(cause));
+        err
+    })
+}
+
+/// Import `obj` through `__dlpack__`. The caller has checked that the attribute exists.
+pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTensor> {
+    let py = obj.py();
+    if let Ok(device) = obj.call_method0(intern!(py, "__dlpack_device__")) {
+        if let Ok((device_type, _id)) = device.extract::<(u32, i32)>() {
+            if !readable_device(device_type) {
+                return Err(device_error(py, layer, device_type));
+            }
+        }
+    }
+    let capsule = call_dlpack(obj, layer)?;
+    // SAFETY: `capsule` is a live object; PyCapsule_CheckExact only reads its type.
+    if unsafe { pyffi::PyCapsule_CheckExact(capsule.as_ptr()) } == 0 {
+        return Err(validation(
+            py,
+            layer,
+            format!("__dlpack__() returning a {} instead of a PyCapsule", capsule.get_type().name()?),
+            "a PyCapsule named \"dltensor_versioned\" or \"dltensor\"",
+            "fix the producer's __dlpack__, or pass a numpy array or torch tensor",
+        ));
+    }
+    // SAFETY: `capsule` is a PyCapsule (checked above); the name pointer stays valid while
+    // the capsule lives and is copied out at once.
+    let name_ptr = unsafe { pyffi::PyCapsule_GetName(capsule.as_ptr()) };
+    let name = if name_ptr.is_null() {
+        PyErr::take(py);
+        String::new()
+    } else {
+        // SAFETY: non-null capsule names are NUL-terminated C strings.
+        unsafe { CStr::from_ptr(name_ptr) }.to_string_lossy().into_owned()
+    };
+    let (fresh, used, versioned) = match name.as_str() {
+        "dltensor_versioned" => (DLTENSOR_VERSIONED, USED_DLTENSOR_VERSIONED, true),
+        "dltensor" => (DLTENSOR, USED_DLTENSOR, false),
+        "used_dltensor_versioned" | "used_dltensor" => {
+            return Err(validation(
+                py,
+                layer,
+                format!("a capsule named {name:?}: it was already consumed"),
+                "a fresh capsule",
+                "call __dlpack__() again for a new capsule; a DLPack capsule can be consumed only once",
+            ))
+        }
+        _ => {
+            return Err(validation(
+                py,
+                layer,
+                format!("a capsule named {name:?}"),
+                "a capsule named \"dltensor_versioned\" or \"dltensor\"",
+                "fix the producer's __dlpack__, or pass a numpy array or torch tensor",
+            ))
+        }
+    };
+    // SAFETY: the name matches, so this returns the producer's managed-tensor pointer.
+    let ptr = unsafe { pyffi::PyCapsule_GetPointer(capsule.as_ptr(), fresh.as_ptr()) };
+    let Some(ptr) = NonNull::new(ptr) else {
+        PyErr::take(py);
+        return Err(validation(
+            py,
+            layer,
+            "a DLPack capsule holding a NULL pointer".into(),
+            "a capsule holding a managed tensor",
+            "fix the producer's __dlpack__",
+        ));
+    };
+    // SAFETY: `used` is a 'static C string, as PyCapsule_SetName requires. After this the
+    // producer's capsule destructor no longer deletes the tensor: we own it.
+    if unsafe { pyffi::PyCapsule_SetName(capsule.as_ptr(), used.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let owner = Box::new(DlpackOwner {
+        managed: if versioned { Managed::Versioned(ptr.cast()) } else { Managed::Legacy(ptr.cast()) },
+        _producer: obj.clone().unbind(),
+        _capsule: capsule.unbind(),
+    });
+    // From here on, returning drops `owner`, which calls the deleter exactly once.
+    let tensor: &DLTensor = if versioned {
+        let m = ptr.cast::<DLManagedTensorVersioned>();
+        // SAFETY: a "dltensor_versioned" capsule holds a DLManagedTensorVersioned; the
+        // version field sits first in every ABI version, so reading it is always allowed.
+        let version = unsafe { (*m.as_ptr()).version };
+        if version.major != 1 {
+            return Err(validation(
+                py,
+                layer,
+                format!("DLPack version {}.{}", version.major, version.minor),
+                "DLPack major version 1",
+                "upgrade or downgrade the producer library so it speaks DLPack 1.x",
+            ));
+        }
+        // SAFETY: major version 1 has this layout; the struct lives until the deleter runs,
+        // which happens only when `owner` drops, after the last use of this reference.
+        unsafe { &(*m.as_ptr()).dl_tensor }
+    } else {
+        // SAFETY: a "dltensor" capsule holds a DLManagedTensor, alive until its deleter runs.
+        unsafe { &(*ptr.cast::<DLManagedTensor>().as_ptr()).dl_tensor }
+    };
+    borrow_dltensor(py, tensor, owner, layer)
+}
+
+/// Validate a producer's `DLTensor` and wrap it in the guard.
+fn borrow_dltensor(py: Python<'_>, t: &DLTensor, owner: Box<DlpackOwner>, layer: &str) -> PyResult<BorrowedTensor> {
+    if !readable_device(t.device.device_type) {
+        return Err(device_error(py, layer, t.device.device_type));
+    }
+    let dtype = engine_dtype(t.dtype.code, t.dtype.bits, t.dtype.lanes).map_err(|name| {
+        validation(
+            py,
+            layer,
+            format!("dtype {name}"),
+            "float32, float16, bfloat16 or float64",
+            "convert first, e.g. x.float() (torch) or x.astype(numpy.float32)",
+        )
+    })?;
+    if !(0..=MAX_NDIM).contains(&t.ndim) {
+        return Err(validation(
+            py,
+            layer,
+            format!("ndim={}", t.ndim),
+            &format!("between 1 and {MAX_NDIM} dimensions"),
+            "the producer's tensor description is corrupt",
+        ));
+    }
+    let ndim = t.ndim as usize;
+    let shape: &[i64] = if ndim == 0 {
+        &[]
+    } else if t.shape.is_null() {
+        return Err(validation(
+            py,
+            layer,
+            format!("a NULL shape pointer for ndim={ndim}"),
+            "a shape array",
+            "the producer's tensor description is corrupt",
+        ));
+    } else {
+        // SAFETY: DLPack requires `shape` to point at `ndim` int64 values that live as long
+        // as the managed tensor, i.e. until `owner` drops; ndim was bounded above.
+        unsafe { std::slice::from_raw_parts(t.shape, ndim) }
+    };
+    let strides: Option<&[i64]> = if t.strides.is_null() || ndim == 0 {
+        None // DLPack < 1.2 allows NULL strides for row-major contiguous data.
+    } else {
+        // SAFETY: as for `shape`: `ndim` int64 values owned by the managed tensor.
+        Some(unsafe { std::slice::from_raw_parts(t.strides, ndim) })
+    };
+    let data = (t.data as usize).wrapping_add(t.byte_offset as usize) as *const u8;
+    let raw = RawTensor { data: if t.data.is_null() { std::ptr::null() } else { data }, dtype, shape, strides, buffer: None };
+    // SAFETY: the owner holds the consumed managed tensor and a strong reference to the
+    // producer, so the memory stays valid until it drops; DLPack describes strided views of
+    // one allocation; the engine only reads.
+    unsafe { BorrowedTensor::new(&raw, owner) }.map_err(|e| LayerError::new(layer, e).into_pyerr(py))
+}

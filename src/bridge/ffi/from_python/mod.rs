@@ -1,0 +1,3 @@
+//! Importers: each turns a Python producer into a [`crate::bridge::borrowed::BorrowedTensor`].
+
+pub mod dlpack;

@@ -1,0 +1,3 @@
+//! Exporters: Rust-owned memory to Python protocols.
+
+pub mod dlpack;

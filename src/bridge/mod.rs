@@ -1,0 +1,50 @@
+//! The Python extension module `quantbridge._native`: the only code that touches foreign
+//! memory or the interpreter. The engine in [`crate::quant`] knows nothing of it.
+
+pub mod borrowed;
+pub mod capsule_names;
+pub mod errors;
+pub mod ffi;
+mod functions;
+mod import;
+pub mod native_tensor;
+pub mod quantized_tensor;
+mod run;
+pub mod storage;
+
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+
+/// Number of exported DLPack tensors whose deleter has not run (for leak tests).
+#[pyfunction]
+fn _live_exports() -> usize {
+    ffi::to_python::dlpack::LIVE_EXPORTS.load(Ordering::SeqCst)
+}
+
+/// How `obj` would be borrowed: `(kind, data address, nbytes)`. Lets tests prove that the
+/// engine reads the producer's own memory. Consumes one capsule, released at once.
+#[pyfunction]
+fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)> {
+    let guard = import::borrow_tensor(obj, "tensor")?;
+    let _ = guard.view();
+    Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
+}
+
+/// `quantbridge._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<native_tensor::NativeTensor>()?;
+    m.add_class::<quantized_tensor::QuantizedTensor>()?;
+    m.add_function(wrap_pyfunction!(functions::quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(_live_exports, m)?)?;
+    m.add_function(wrap_pyfunction!(_borrow_info, m)?)?;
+    m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
+    m.add("ValidationError", errors::validation_error_type(py)?)?;
+    m.add("BatchQuantizationError", py.get_type::<errors::BatchQuantizationError>())?;
+    m.add("PerformanceWarning", py.get_type::<errors::PerformanceWarning>())?;
+    Ok(())
+}

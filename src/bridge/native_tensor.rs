@@ -1,0 +1,102 @@
+//! `quantbridge.NativeTensor`: a read-only Rust-owned tensor that leaves through DLPack.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyBufferError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCapsule, PyTuple};
+
+use crate::bridge::ffi::to_python::dlpack;
+use crate::bridge::storage::{ExportDType, Storage};
+
+/// A read-only, row-major tensor owned by quantbridge. Take it with `numpy.from_dlpack`,
+/// `torch.from_dlpack` or `jax.numpy.from_dlpack`: no copy is made.
+#[pyclass(frozen, module = "quantbridge", name = "NativeTensor")]
+pub struct NativeTensor {
+    storage: Arc<Storage>,
+    shape: Vec<i64>,
+    dtype: ExportDType,
+}
+
+impl NativeTensor {
+    /// A tensor over `storage`, whose bytes must be exactly `shape` × `dtype`.
+    pub fn new(storage: Arc<Storage>, shape: Vec<usize>, dtype: ExportDType) -> Self {
+        debug_assert_eq!(storage.bytes().len(), shape.iter().product::<usize>() * dtype.itemsize());
+        NativeTensor { storage, shape: shape.into_iter().map(|d| d as i64).collect(), dtype }
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+}
+
+#[pymethods]
+impl NativeTensor {
+    /// Export as a DLPack capsule (DLPack >= 1.0 when `max_version` allows, read-only).
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(u32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        // CPU memory has no streams: any stream value asks for nothing.
+        let _ = stream;
+        if let Some((device_type, _)) = dl_device {
+            if device_type != 1 {
+                return Err(PyBufferError::new_err(format!(
+                    "quantbridge tensors live in CPU memory; cannot export to DLPack device type {device_type}"
+                )));
+            }
+        }
+        let versioned = max_version.is_some_and(|(major, _)| major >= 1);
+        let copied = copy == Some(true);
+        let storage = if copied { Arc::new(self.storage.copied()) } else { self.storage.clone() };
+        dlpack::export(py, storage, &self.shape, self.dtype, versioned, copied)
+    }
+
+    /// `(kDLCPU, 0)`.
+    fn __dlpack_device__(&self) -> (u32, i32) {
+        (1, 0)
+    }
+
+    /// The shape.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.shape)
+    }
+
+    /// The dtype name ("uint8", "int8", "float32", "float16", "bfloat16").
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype.name()
+    }
+
+    /// Number of dimensions.
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Bytes of data.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.storage.bytes().len()
+    }
+
+    /// A copy of the raw bytes (row-major, native byte order).
+    fn tobytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.storage.bytes())
+    }
+
+    fn __len__(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0) as usize
+    }
+
+    fn __repr__(&self) -> String {
+        format!("NativeTensor(shape={:?}, dtype={})", self.shape, self.dtype.name())
+    }
+}

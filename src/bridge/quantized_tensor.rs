@@ -1,0 +1,178 @@
+//! `quantbridge.QuantizedTensor`: an immutable quantization result (SPEC §3).
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::bridge::native_tensor::NativeTensor;
+use crate::bridge::run::detached;
+use crate::bridge::storage::{ExportDType, Part, Storage};
+use crate::quant::{Granularity, Quantized, Scales};
+
+/// The result of `quantize`: codes, scales and zero points as `NativeTensor`s, plus the
+/// spec that produced them.
+#[pyclass(frozen, module = "quantbridge", name = "QuantizedTensor")]
+pub struct QuantizedTensor {
+    q: Arc<Quantized>,
+    codes: Py<NativeTensor>,
+    scales: Py<NativeTensor>,
+    zero_points: Option<Py<NativeTensor>>,
+}
+
+impl QuantizedTensor {
+    /// Wrap an engine result; its buffers are shared, not copied.
+    pub fn new(py: Python<'_>, q: Quantized) -> PyResult<Self> {
+        let q = Arc::new(q);
+        let codes_dtype = if !q.spec.pack && q.spec.symmetric { ExportDType::I8 } else { ExportDType::U8 };
+        // Packed codes are a flat byte stream; unpacked ones keep the tensor's shape.
+        let codes_shape = if q.spec.pack { vec![q.codes.len()] } else { q.shape.clone() };
+        let scales_dtype = match q.scales {
+            Scales::F32(_) => ExportDType::F32,
+            Scales::F16(_) => ExportDType::F16,
+            Scales::BF16(_) => ExportDType::BF16,
+        };
+        let part = |p: Part| Arc::new(Storage::Part(q.clone(), p));
+        let codes = Py::new(py, NativeTensor::new(part(Part::Codes), codes_shape, codes_dtype))?;
+        let scales = Py::new(py, NativeTensor::new(part(Part::Scales), q.layout.scales_shape(), scales_dtype))?;
+        let zero_points = match q.zero_points {
+            Some(_) => Some(Py::new(py, NativeTensor::new(part(Part::ZeroPoints), q.layout.scales_shape(), ExportDType::U8))?),
+            None => None,
+        };
+        Ok(QuantizedTensor { q, codes, scales, zero_points })
+    }
+
+    /// The engine result.
+    pub fn inner(&self) -> &Arc<Quantized> {
+        &self.q
+    }
+
+    /// Dequantize with the GIL released into a float32 tensor of the source shape.
+    pub fn dequantize_tensor(&self, py: Python<'_>) -> PyResult<NativeTensor> {
+        let q = self.q.clone();
+        let values = detached(py, "dequantize", move || Ok(q.dequantize()))?;
+        Ok(NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32))
+    }
+}
+
+#[pymethods]
+impl QuantizedTensor {
+    /// Shape of the source tensor.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.q.shape)
+    }
+
+    /// dtype name of the source tensor.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.q.dtype.name()
+    }
+
+    /// Bits per code.
+    #[getter]
+    fn bits(&self) -> u8 {
+        self.q.spec.bits
+    }
+
+    /// Elements per group, or None for per-channel and per-tensor.
+    #[getter]
+    fn group_size(&self) -> Option<usize> {
+        match self.q.spec.granularity {
+            Granularity::Group(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// "group", "channel" or "tensor".
+    #[getter]
+    fn granularity(&self) -> &'static str {
+        match self.q.spec.granularity {
+            Granularity::Group(_) => "group",
+            Granularity::Channel => "channel",
+            Granularity::Tensor => "tensor",
+        }
+    }
+
+    /// Symmetric (no zero points) or asymmetric.
+    #[getter]
+    fn symmetric(&self) -> bool {
+        self.q.spec.symmetric
+    }
+
+    /// Whether codes are packed `bits` per code (else one byte each).
+    #[getter]
+    fn packed(&self) -> bool {
+        self.q.spec.pack
+    }
+
+    /// dtype name of the scales.
+    #[getter]
+    fn scale_dtype(&self) -> &'static str {
+        self.q.spec.scale_dtype.name()
+    }
+
+    /// The codes: a flat uint8 stream when packed, else one code per element in the
+    /// tensor's shape (uint8, or int8 when symmetric).
+    #[getter]
+    fn codes(&self, py: Python<'_>) -> Py<NativeTensor> {
+        self.codes.clone_ref(py)
+    }
+
+    /// Scales, shape (rows, groups_per_row), or (1,) per-tensor.
+    #[getter]
+    fn scales(&self, py: Python<'_>) -> Py<NativeTensor> {
+        self.scales.clone_ref(py)
+    }
+
+    /// Zero points (uint8, same shape as scales), or None when symmetric.
+    #[getter]
+    fn zero_points(&self, py: Python<'_>) -> Option<Py<NativeTensor>> {
+        self.zero_points.as_ref().map(|z| z.clone_ref(py))
+    }
+
+    /// Bytes of codes + scales + zero points.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.q.nbytes()
+    }
+
+    /// Source bytes / `nbytes`.
+    #[getter]
+    fn compression_ratio(&self) -> f64 {
+        self.q.compression_ratio()
+    }
+
+    /// `{"mse", "max_abs_error", "sqnr_db"}` when quantized with `stats=True`, else None.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(s) = self.q.stats else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("mse", s.mse)?;
+        d.set_item("max_abs_error", s.max_abs_error)?;
+        d.set_item("sqnr_db", s.sqnr_db)?;
+        Ok(Some(d))
+    }
+
+    /// `(q - zp) * scale` as a float32 `NativeTensor` of the source shape.
+    fn dequantize(&self, py: Python<'_>) -> PyResult<NativeTensor> {
+        self.dequantize_tensor(py)
+    }
+
+    fn __repr__(&self) -> String {
+        let group = match self.q.spec.granularity {
+            Granularity::Group(g) => format!("group_size={g}"),
+            Granularity::Channel => "granularity=channel".into(),
+            Granularity::Tensor => "granularity=tensor".into(),
+        };
+        format!(
+            "QuantizedTensor(shape={:?}, dtype={}, bits={}, {group}, symmetric={}, nbytes={}, compression={:.2}x)",
+            self.q.shape,
+            self.q.dtype.name(),
+            self.q.spec.bits,
+            if self.q.spec.symmetric { "True" } else { "False" },
+            self.q.nbytes(),
+            self.q.compression_ratio()
+        )
+    }
+}

@@ -1,0 +1,89 @@
+//! Rust-owned memory that results export without copying.
+
+use std::sync::Arc;
+
+use crate::quant::{Quantized, Scales};
+
+/// Which buffer of a [`Quantized`] a tensor exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The code stream.
+    Codes,
+    /// The scales.
+    Scales,
+    /// The zero points.
+    ZeroPoints,
+}
+
+/// The element type of an exported tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDType {
+    /// uint8 (codes, zero points).
+    U8,
+    /// int8 (unpacked symmetric codes).
+    I8,
+    /// float32.
+    F32,
+    /// float16.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl ExportDType {
+    /// The numpy/torch name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportDType::U8 => "uint8",
+            ExportDType::I8 => "int8",
+            ExportDType::F32 => "float32",
+            ExportDType::F16 => "float16",
+            ExportDType::BF16 => "bfloat16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn itemsize(self) -> usize {
+        match self {
+            ExportDType::U8 | ExportDType::I8 => 1,
+            ExportDType::F16 | ExportDType::BF16 => 2,
+            ExportDType::F32 => 4,
+        }
+    }
+}
+
+/// Memory owned by Rust and shared by every export of it.
+#[derive(Debug)]
+pub enum Storage {
+    /// One buffer of a quantization result (shared, never copied).
+    Part(Arc<Quantized>, Part),
+    /// Float32 values (dequantized output).
+    F32(Vec<f32>),
+    /// A private copy made for `__dlpack__(copy=True)`; 8-byte aligned.
+    Copy(Vec<u64>, usize),
+}
+
+impl Storage {
+    /// The bytes, read-only.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Part(q, Part::Codes) => &q.codes,
+            Storage::Part(q, Part::Scales) => match &q.scales {
+                Scales::F32(v) => bytemuck::cast_slice(v),
+                Scales::F16(v) => bytemuck::cast_slice(v),
+                Scales::BF16(v) => bytemuck::cast_slice(v),
+            },
+            Storage::Part(q, Part::ZeroPoints) => q.zero_points.as_deref().unwrap_or(&[]),
+            Storage::F32(v) => bytemuck::cast_slice(v),
+            Storage::Copy(words, len) => &bytemuck::cast_slice(words)[..*len],
+        }
+    }
+
+    /// An aligned private copy of these bytes.
+    pub fn copied(&self) -> Storage {
+        let bytes = self.bytes();
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Storage::Copy(words, bytes.len())
+    }
+}
