@@ -163,7 +163,18 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
             }
         }
     }
-    let capsule = call_dlpack(obj, layer)?;
+    let capsule = match call_dlpack(obj, layer) {
+        // torch refuses to export tensors that require grad; `.detach()` shares their
+        // memory without a copy, and quantizing `layer.weight` is the common case.
+        Err(e) if obj.hasattr(intern!(py, "detach"))? && e.to_string().contains("gradient") => {
+            let detached = obj.call_method0(intern!(py, "detach"))?;
+            if detached.is(obj) {
+                return Err(e);
+            }
+            return import_dlpack(&detached, layer);
+        }
+        other => other?,
+    };
     // SAFETY: `capsule` is a live object; PyCapsule_CheckExact only reads its type.
     if unsafe { pyffi::PyCapsule_CheckExact(capsule.as_ptr()) } == 0 {
         return Err(validation(

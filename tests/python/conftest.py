@@ -1,0 +1,24 @@
+"""Shared fixtures. Hypothesis profiles: QB_HYPOTHESIS_PROFILE=ci (default), dev, thorough."""
+
+import gc
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=20, deadline=None)
+settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("QB_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def no_leaked_exports():
+    """Fails the test if a DLPack export's deleter did not run once the results are gone."""
+    from quantbridge import _native
+
+    gc.collect()
+    before = _native._live_exports()
+    yield
+    gc.collect()
+    assert _native._live_exports() == before
