@@ -27,7 +27,7 @@ pub enum Error {
     #[error("{0}")]
     Validation(Problem),
     /// A value is NaN or infinite. `index` is the flat row-major index of the first one.
-    #[error("found a non-finite value ({value}) at flat index {index}; expected only finite values. Fix: replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)")]
+    #[error("{}", self.problem().expect("NonFinite has a problem"))]
     NonFinite {
         /// Flat (row-major, logical) index of the first non-finite element.
         index: usize,
@@ -40,6 +40,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The found / expected / fix parts of a caller-fixable error (`None` for internal ones).
+    pub fn problem(&self) -> Option<Problem> {
+        match self {
+            Error::Validation(p) => Some(p.clone()),
+            Error::NonFinite { index, value } => Some(Problem {
+                found: format!("a non-finite value ({value}) at flat index {index}"),
+                expected: "only finite values".into(),
+                fix: "replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)".into(),
+            }),
+            Error::Internal(_) => None,
+        }
+    }
+
     /// Shorthand for a [`Error::Validation`].
     pub fn validation(
         found: impl Into<String>,

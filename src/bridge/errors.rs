@@ -70,21 +70,16 @@ impl LayerError {
 
     fn build(self, py: Python<'_>) -> PyResult<PyErr> {
         let message = format!("layer '{}': {}", self.layer, self.error);
-        let instance = match &self.error {
-            Error::Internal(_) => py.get_type::<QuantizationError>().call1((message,))?,
-            Error::Validation(p) => {
+        let instance = match self.error.problem() {
+            None => py.get_type::<QuantizationError>().call1((message,))?,
+            Some(p) => {
                 let e = validation_error_type(py)?.call1((message,))?;
-                e.setattr("found", &p.found)?;
-                e.setattr("expected", &p.expected)?;
-                e.setattr("fix", &p.fix)?;
-                e
-            }
-            Error::NonFinite { index, value } => {
-                let e = validation_error_type(py)?.call1((message,))?;
-                e.setattr("index", *index)?;
-                e.setattr("found", format!("{value} at flat index {index}"))?;
-                e.setattr("expected", "finite values")?;
-                e.setattr("fix", "replace NaN/Inf before quantizing")?;
+                e.setattr("found", p.found)?;
+                e.setattr("expected", p.expected)?;
+                e.setattr("fix", p.fix)?;
+                if let Error::NonFinite { index, .. } = self.error {
+                    e.setattr("index", index)?;
+                }
                 e
             }
         };

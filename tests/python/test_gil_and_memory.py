@@ -1,0 +1,88 @@
+"""The GIL is released while quantizing, and inputs are never copied (peak RSS grows by
+about the output's size, not the input's). Memory is measured in subprocesses so each
+measurement sees one call's peak."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import quantbridge as qb
+
+
+def test_gil_is_released_while_quantizing():
+    x = np.random.default_rng(0).standard_normal((2048, 4096)).astype(np.float32)
+    state = {"in_call": False, "done": False}
+
+    def worker():
+        state["in_call"] = True
+        qb.quantize(x)
+        state["in_call"] = False
+        state["done"] = True
+
+    old = sys.getswitchinterval()
+    # A long switch interval: with the GIL held inside quantize, this thread could not run
+    # at all while `in_call` is set; with it released, it spins freely meanwhile.
+    sys.setswitchinterval(0.5)
+    try:
+        spins = 0
+        t = threading.Thread(target=worker)
+        t.start()
+        while not state["done"]:
+            if state["in_call"]:
+                spins += 1
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert spins > 1000
+
+
+def test_threads_get_identical_results():
+    x = np.random.default_rng(1).standard_normal((512, 512)).astype(np.float32)
+    expected = np.from_dlpack(qb.quantize(x).codes).copy()
+    results = []
+    barrier = threading.Barrier(4)
+
+    def worker():
+        barrier.wait()
+        for _ in range(20):
+            results.append(np.from_dlpack(qb.quantize(x).codes).copy())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 80
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, torch, quantbridge as qb
+    kind = sys.argv[1]
+    n = 256 * 2**20
+    if kind == "numpy":
+        x = np.ones(n // 4, np.float32).reshape(8192, -1)
+    elif kind == "torch-transposed":
+        x = torch.ones(8192, n // 4 // 8192).T
+    elif kind == "torch-bfloat16":
+        x = torch.ones(8192, n // 2 // 8192, dtype=torch.bfloat16)
+    x += 0.5  # touch every page
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    q = qb.quantize(x, bits=4, group_size=128)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(after - before, q.nbytes)
+""")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch-transposed", "torch-bfloat16"])
+def test_peak_rss_grows_by_the_output_not_the_input(kind):
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind], capture_output=True, text=True, check=True)
+    growth, output_bytes = map(int, out.stdout.split())
+    input_bytes = 256 * 2**20
+    # A copy of the input would add 256 MiB; allow the output plus 24 MiB of slack.
+    assert growth < output_bytes + 24 * 2**20 < input_bytes // 2, (growth, output_bytes)
