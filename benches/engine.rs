@@ -1,0 +1,47 @@
+//! Engine throughput: `cargo bench --bench engine`. Compared with a plain copy of the same
+//! bytes in the same run, since absolute times drift on shared machines.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+use quantbridge::quant::{quantize, ElemSlice, Granularity, QuantSpec, TensorView};
+
+const ROWS: usize = 4096;
+const COLS: usize = 4096; // 64 MiB of float32
+
+fn data() -> Vec<f32> {
+    (0..ROWS * COLS).map(|i| ((i.wrapping_mul(2_654_435_761) % 10_007) as f32 / 5003.5) - 1.0).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let values = data();
+    let mut g = c.benchmark_group("quantize_64MiB");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((values.len() * 4) as u64));
+
+    let mut dst = vec![0f32; values.len()];
+    g.bench_function("memcpy_baseline", |b| b.iter(|| dst.copy_from_slice(&values)));
+
+    let view = TensorView::contiguous(ElemSlice::F32(&values), vec![ROWS, COLS]).unwrap();
+    let transposed = TensorView::new(ElemSlice::F32(&values), 0, vec![COLS, ROWS], vec![1, COLS as isize]).unwrap();
+    let halves: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+    let bf16_view = TensorView::contiguous(ElemSlice::BF16(&halves), vec![ROWS, COLS]).unwrap();
+
+    let specs = [
+        ("int4_g128", QuantSpec::default()),
+        ("int8_channel", QuantSpec { bits: 8, granularity: Granularity::Channel, ..QuantSpec::default() }),
+        ("int2_g128", QuantSpec { bits: 2, ..QuantSpec::default() }),
+        ("int4_tensor", QuantSpec { granularity: Granularity::Tensor, ..QuantSpec::default() }),
+    ];
+    for (name, spec) in specs {
+        g.bench_with_input(BenchmarkId::new("contiguous_f32", name), &spec, |b, s| b.iter(|| quantize(&view, s).unwrap()));
+    }
+    let int4 = QuantSpec::default();
+    g.bench_function("transposed_f32/int4_g128", |b| b.iter(|| quantize(&transposed, &int4).unwrap()));
+    g.bench_function("contiguous_bf16/int4_g128", |b| b.iter(|| quantize(&bf16_view, &int4).unwrap()));
+    let q = quantize(&view, &int4).unwrap();
+    g.bench_function("dequantize/int4_g128", |b| b.iter(|| q.dequantize()));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
