@@ -31,6 +31,12 @@ fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)
     Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
 }
 
+/// Panics inside the detached region, to prove panics are contained (tests only).
+#[pyfunction]
+fn _panic_in_engine(py: Python<'_>) -> PyResult<()> {
+    run::detached(py, "tensor", || -> crate::Result<()> { panic!("deliberate panic for a test") })
+}
+
 /// `quantbridge._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -42,6 +48,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions::dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(_live_exports, m)?)?;
     m.add_function(wrap_pyfunction!(_borrow_info, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;
     m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
     m.add("ValidationError", errors::validation_error_type(py)?)?;
     m.add("BatchQuantizationError", py.get_type::<errors::BatchQuantizationError>())?;

@@ -82,3 +82,11 @@ def test_failed_call_leaves_input_untouched():
     y = x[:3].copy()
     qb.quantize(y)
     np.testing.assert_array_equal(y, before[:3])
+
+
+def test_rust_panic_is_contained_as_quantization_error():
+    with pytest.raises(qb.QuantizationError, match="panic was contained: deliberate panic") as info:
+        qb._native._panic_in_engine()
+    assert not isinstance(info.value, qb.ValidationError)
+    # The interpreter is fine and the engine still works afterwards.
+    assert qb.quantize(np.ones(8, np.float32)).bits == 4
