@@ -104,7 +104,7 @@ impl CheckedLayout {
         if raw.data.is_null() {
             return Err(corrupt(format!("a null data pointer for {numel} elements")));
         }
-        if data_addr % itemsize != 0 {
+        if !data_addr.is_multiple_of(itemsize) {
             return Err(Error::validation(
                 format!("a data pointer {data_addr:#x} not aligned to {itemsize} bytes for {}", raw.dtype.name()),
                 format!("{itemsize}-byte aligned {} elements", raw.dtype.name()),

@@ -245,8 +245,7 @@ fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
         let v = x.to_f32();
         mn = mn.min(v);
         mx = mx.max(v);
-        // v - v is 0 for finite v and NaN for NaN and ±inf.
-        finite &= v - v == 0.0;
+        finite &= v.is_finite();
     }
     if finite {
         return Ok((mn, mx));

@@ -101,7 +101,7 @@ impl Layout {
             let j0 = if r == first_row { (t - row_start).div_ceil(self.group_len) } else { 0 };
             for j in j0..(j0 + 8).min(self.groups_per_row) {
                 let e = row_start + j * self.group_len;
-                if e % 8 == 0 {
+                if e.is_multiple_of(8) {
                     return e;
                 }
             }
