@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::layout::{split_at_cuts, Layout};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
-use super::quantized::{Quantized, Scales, StatsAcc};
+use super::quantized::{Quantized, Scales, Stats, StatsAcc};
 use super::spec::QuantSpec;
 use super::view::{DType, Element, Strided, TensorView};
 use crate::error::{Error, Result};
@@ -15,15 +15,67 @@ use half::{bf16, f16};
 /// Quantize `view` according to `spec` (SPEC §2).
 pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
     spec.validate()?;
+    let (c, s, z) = output_sizes(view.shape(), spec);
+    let (mut codes, mut scales, mut zps) = (vec![0u8; c], vec![0.0f32; s], vec![0u8; z]);
+    let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
+    let stats = quantize_into(view, spec, out)?;
+    let (rows, cols) = view.rows_cols();
+    Ok(Quantized {
+        shape: view.shape().to_vec(),
+        dtype: view.dtype(),
+        spec: *spec,
+        layout: Layout::new(rows, cols, spec.granularity),
+        codes,
+        scales: Scales::from_f32(scales, spec.scale_dtype),
+        zero_points: (!spec.symmetric).then_some(zps),
+        stats,
+    })
+}
+
+/// The buffers a quantization writes, sized by [`output_sizes`]. The Arrow output writes
+/// codes straight into its large_binary value buffer through this.
+#[derive(Debug)]
+pub struct OutBuffers<'o> {
+    /// The code stream: `stream_len(numel, bits, pack)` bytes.
+    pub codes: &'o mut [u8],
+    /// One float32 scale per group (already rounded to the scale dtype).
+    pub scales: &'o mut [f32],
+    /// One zero point per group, or empty when symmetric.
+    pub zero_points: &'o mut [u8],
+}
+
+/// `(code bytes, number of scales, number of zero points)` that `shape` quantized under
+/// `spec` needs. `shape` has at least one dimension.
+pub fn output_sizes(shape: &[usize], spec: &QuantSpec) -> (usize, usize, usize) {
+    let cols = shape.last().copied().unwrap_or(0);
+    let rows = shape[..shape.len().saturating_sub(1)].iter().product();
+    let layout = Layout::new(rows, cols, spec.granularity);
+    let groups = layout.num_groups();
+    (stream_len(layout.numel(), spec.bits, spec.pack), groups, if spec.symmetric { 0 } else { groups })
+}
+
+/// Quantize `view` into caller-provided buffers (sized by [`output_sizes`]); returns the
+/// error statistics when `spec.stats` asks for them.
+pub fn quantize_into(view: &TensorView<'_>, spec: &QuantSpec, out: OutBuffers<'_>) -> Result<Option<Stats>> {
+    spec.validate()?;
+    let (c, s, z) = output_sizes(view.shape(), spec);
+    if out.codes.len() != c || out.scales.len() != s || out.zero_points.len() != z {
+        return Err(Error::Internal(format!(
+            "output buffers of {}/{}/{} elements for a result needing {c}/{s}/{z}",
+            out.codes.len(),
+            out.scales.len(),
+            out.zero_points.len()
+        )));
+    }
     match view.dtype() {
-        DType::F32 => quantize_typed::<f32>(view, spec),
-        DType::F16 => quantize_typed::<f16>(view, spec),
-        DType::BF16 => quantize_typed::<bf16>(view, spec),
-        DType::F64 => quantize_typed::<f64>(view, spec),
+        DType::F32 => quantize_typed::<f32>(view, spec, out),
+        DType::F16 => quantize_typed::<f16>(view, spec, out),
+        DType::BF16 => quantize_typed::<bf16>(view, spec, out),
+        DType::F64 => quantize_typed::<f64>(view, spec, out),
     }
 }
 
-fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
+fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutBuffers<'_>) -> Result<Option<Stats>> {
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (rows, cols) = view.rows_cols();
     let layout = Layout::new(rows, cols, spec.granularity);
@@ -44,19 +96,16 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec) -> Result
         None
     };
 
-    let mut codes = vec![0u8; stream_len(n, spec.bits, spec.pack)];
-    let mut scales = vec![0.0f32; layout.num_groups()];
-    let mut zps = vec![0u8; if spec.symmetric { 0 } else { layout.num_groups() }];
-
+    let OutBuffers { codes, scales, zero_points: zps } = out;
     let code_cuts: Vec<usize> = inner.iter().map(|&e| stream_len(e, spec.bits, spec.pack)).collect();
     // Per-tensor chunks write no scale (the single one is set below), so they cut at 0.
     let group_cuts: Vec<usize> =
         inner.iter().map(|&e| if layout.per_tensor { 0 } else { layout.group_of(e) }).collect();
     let zp_cuts = if spec.symmetric { vec![0; inner.len()] } else { group_cuts.clone() };
-    let outs: Vec<_> = split_at_cuts(&mut codes, &code_cuts)
+    let outs: Vec<_> = split_at_cuts(&mut *codes, &code_cuts)
         .into_iter()
-        .zip(split_at_cuts(&mut scales, &group_cuts))
-        .zip(split_at_cuts(&mut zps, &zp_cuts))
+        .zip(split_at_cuts(&mut *scales, &group_cuts))
+        .zip(split_at_cuts(&mut *zps, &zp_cuts))
         .map(|((c, s), z)| ChunkOut { codes: c, scales: s, zero_points: z })
         .collect();
 
@@ -80,21 +129,14 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec) -> Result
         return Err(e);
     }
     if let Some(p) = fixed {
-        scales[0] = p.scale;
+        if let Some(s) = scales.first_mut() {
+            *s = p.scale;
+        }
         if let Some(z) = zps.first_mut() {
             *z = p.zp as u8;
         }
     }
-    Ok(Quantized {
-        shape: view.shape().to_vec(),
-        dtype: view.dtype(),
-        spec: *spec,
-        layout,
-        codes,
-        scales: Scales::from_f32(scales, spec.scale_dtype),
-        zero_points: (!spec.symmetric).then_some(zps),
-        stats: spec.stats.then(|| acc.finish(n)),
-    })
+    Ok(spec.stats.then(|| acc.finish(n)))
 }
 
 /// Of two errors, the one a sequential scan would have met first.
