@@ -1,7 +1,8 @@
 """quantbridge: zero-copy int8/int4/int2 quantization of tensors from any framework.
 
-Tensors come in through DLPack (``__dlpack__``: numpy, torch, jax, ...) and are read in
-place, strided or not; results go out through DLPack without a copy::
+Tensors come in through DLPack (``__dlpack__``: numpy, torch, jax, ...) or the Arrow
+PyCapsule Interface (pyarrow, polars, ...) and are read in place, strided or not; results
+go out the same way without a copy::
 
     import numpy as np, quantbridge as qb
     q = qb.quantize(np.random.randn(4096, 4096).astype(np.float32), bits=4, group_size=128)
@@ -11,24 +12,44 @@ place, strided or not; results go out through DLPack without a copy::
 
 from ._native import (
     BatchQuantizationError,
+    BatchResult,
     NativeTensor,
     PerformanceWarning,
     QuantizationError,
+    QuantizationWarning,
+    QuantizedTable,
     QuantizedTensor,
     ValidationError,
     __version__,
+    configure_metrics,
     dequantize,
+    metrics,
     quantize,
+    quantize_arrow,
+    quantize_arrow_batch,
+    quantize_batch,
+    reset_metrics,
 )
+from ._quantizer import Quantizer
 
 __all__ = [
     "BatchQuantizationError",
+    "BatchResult",
     "NativeTensor",
     "PerformanceWarning",
     "QuantizationError",
+    "QuantizationWarning",
+    "QuantizedTable",
     "QuantizedTensor",
+    "Quantizer",
     "ValidationError",
     "__version__",
+    "configure_metrics",
     "dequantize",
+    "metrics",
     "quantize",
+    "quantize_arrow",
+    "quantize_arrow_batch",
+    "quantize_batch",
+    "reset_metrics",
 ]

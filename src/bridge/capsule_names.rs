@@ -10,3 +10,9 @@ pub const USED_DLTENSOR_VERSIONED: &CStr = c"used_dltensor_versioned";
 pub const DLTENSOR: &CStr = c"dltensor";
 /// A consumed legacy DLPack capsule.
 pub const USED_DLTENSOR: &CStr = c"used_dltensor";
+/// An Arrow C Data Interface schema (`ArrowSchema`).
+pub const ARROW_SCHEMA: &CStr = c"arrow_schema";
+/// An Arrow C Data Interface array (`ArrowArray`).
+pub const ARROW_ARRAY: &CStr = c"arrow_array";
+/// An Arrow C Stream Interface stream (`ArrowArrayStream`).
+pub const ARROW_ARRAY_STREAM: &CStr = c"arrow_array_stream";

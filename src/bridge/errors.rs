@@ -26,6 +26,13 @@ pyo3::create_exception!(
     "A call copied its input, or ran far below its usual throughput."
 );
 
+pyo3::create_exception!(
+    quantbridge,
+    QuantizationWarning,
+    PyUserWarning,
+    "Some layers of a batch run with continue_on_error=True failed; see the result's `.failures`."
+);
+
 static VALIDATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// `ValidationError(QuantizationError, ValueError)`: two bases, so it is built with `type()`.

@@ -1,21 +1,40 @@
-//! The module-level functions of SPEC §4.
+//! The module-level functions of SPEC §4 for one tensor: `quantize` and `dequantize`.
 
 use pyo3::prelude::*;
 
 use crate::bridge::errors::LayerError;
-use crate::bridge::import::borrow_tensor;
+use crate::bridge::import::import_tensor;
+use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
 use crate::bridge::native_tensor::NativeTensor;
 use crate::bridge::quantized_tensor::QuantizedTensor;
 use crate::bridge::run::detached;
 use crate::quant::{self, QuantSpec};
 
 /// Name used in messages when the caller gave none.
-const UNNAMED: &str = "tensor";
+pub const UNNAMED: &str = "tensor";
 
-/// Quantize one tensor (SPEC §2). The input is borrowed, never copied, and the GIL is
-/// released while the engine runs.
+/// The spec from the Python keywords, or a `ValidationError` for `layer`.
+#[allow(clippy::too_many_arguments)]
+pub fn spec_from_options(
+    py: Python<'_>,
+    layer: &str,
+    bits: i64,
+    group_size: Option<i64>,
+    symmetric: bool,
+    granularity: &str,
+    scale_dtype: &str,
+    pack: bool,
+    stats: bool,
+) -> PyResult<QuantSpec> {
+    QuantSpec::from_options(bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
+        .map_err(|e| LayerError::new(layer, e).into_pyerr(py))
+}
+
+/// Quantize one tensor (SPEC §2). The input is borrowed, never copied (except on the
+/// legacy list/buffer path, which is counted and announced), and the GIL is released
+/// while the engine runs.
 #[pyfunction]
-#[pyo3(signature = (tensor, *, bits=4, group_size=Some(128), symmetric=false, granularity="group", scale_dtype="float32", pack=true, stats=false, name=None))]
+#[pyo3(signature = (tensor, *, bits=4, group_size=Some(128), symmetric=false, granularity="group", scale_dtype="float32", pack=true, stats=false, name=None, _api=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn quantize(
     py: Python<'_>,
@@ -28,16 +47,33 @@ pub fn quantize(
     pack: bool,
     stats: bool,
     name: Option<&str>,
+    _api: Option<&str>,
 ) -> PyResult<QuantizedTensor> {
     let layer = name.unwrap_or(UNNAMED);
-    let spec = QuantSpec::from_options(bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
-        .map_err(|e| LayerError::new(layer, e).into_pyerr(py))?;
-    let guard = borrow_tensor(tensor, layer)?;
-    let view = guard.view();
+    let spec = spec_from_options(py, layer, bits, group_size, symmetric, granularity, scale_dtype, pack, stats)?;
+    let mut timer = PhaseTimer::start();
+    let imported = import_tensor(tensor, layer)?;
+    let import_s = timer.lap();
+    let view = imported.tensor.view();
     let q = detached(py, layer, || quant::quantize(&view, &spec))?;
+    let quantize_s = timer.lap();
+    let input_bytes = imported.tensor.nbytes();
     drop(view);
-    drop(guard); // releases the producer's memory, after the last read
-    QuantizedTensor::new(py, q)
+    drop(imported.tensor); // releases the producer's memory, after the last read
+    let result = QuantizedTensor::new(py, q, name.map(str::to_owned))?;
+    let rec = CallRecord {
+        api: _api.unwrap_or("quantize").to_owned(),
+        tensors: 1,
+        input_bytes,
+        output_bytes: result.inner().nbytes(),
+        bytes_copied: imported.bytes_copied,
+        copy_reason: imported.copy_reason,
+        import_s,
+        quantize_s,
+        export_s: timer.lap(),
+    };
+    record(py, &rec)?;
+    Ok(result)
 }
 
 /// `q.dequantize()`: float32 values of the source shape.

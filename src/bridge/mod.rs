@@ -1,6 +1,8 @@
 //! The Python extension module `quantbridge._native`: the only code that touches foreign
 //! memory or the interpreter. The engine in [`crate::quant`] knows nothing of it.
 
+pub mod arrow_tensor;
+mod batch;
 pub mod borrowed;
 pub mod capsule_names;
 pub mod errors;
@@ -8,9 +10,12 @@ pub mod ffi;
 mod functions;
 mod import;
 pub mod native_tensor;
+pub mod metrics;
+pub mod quantized_table;
 pub mod quantized_tensor;
 mod run;
 pub mod storage;
+pub mod table;
 
 use std::sync::atomic::Ordering;
 
@@ -26,7 +31,8 @@ fn _live_exports() -> usize {
 /// engine reads the producer's own memory. Consumes one capsule, released at once.
 #[pyfunction]
 fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)> {
-    let guard = import::borrow_tensor(obj, "tensor")?;
+    let imported = import::import_tensor(obj, "tensor")?;
+    let guard = imported.tensor;
     let _ = guard.view();
     Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
 }
@@ -46,6 +52,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<quantized_tensor::QuantizedTensor>()?;
     m.add_function(wrap_pyfunction!(functions::quantize, m)?)?;
     m.add_function(wrap_pyfunction!(functions::dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::quantize_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(quantized_table::quantize_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(quantized_table::quantize_arrow_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::reset_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::configure_metrics, m)?)?;
+    m.add_class::<quantized_table::QuantizedTable>()?;
+    m.add("BatchResult", batch::batch_result_type(py)?)?;
+    m.add("QuantizationWarning", py.get_type::<errors::QuantizationWarning>())?;
     m.add_function(wrap_pyfunction!(_live_exports, m)?)?;
     m.add_function(wrap_pyfunction!(_borrow_info, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;

@@ -6,8 +6,12 @@ use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule, PyTuple};
 
-use crate::bridge::ffi::to_python::dlpack;
-use crate::bridge::storage::{ExportDType, Storage};
+use arrow_data::ArrayData;
+use arrow_schema::{DataType, Field};
+
+use crate::bridge::ffi::to_python::{arrow, dlpack};
+use crate::bridge::storage::{arrow_buffer, ExportDType, Storage};
+use crate::bridge::table::BF16_METADATA;
 
 /// A read-only, row-major tensor owned by quantbridge. Take it with `numpy.from_dlpack`,
 /// `torch.from_dlpack` or `jax.numpy.from_dlpack`: no copy is made.
@@ -56,6 +60,37 @@ impl NativeTensor {
         let copied = copy == Some(true);
         let storage = if copied { Arc::new(self.storage.copied()) } else { self.storage.clone() };
         dlpack::export(py, storage, &self.shape, self.dtype, versioned, copied)
+    }
+
+    /// Export as a flat Arrow array (`pyarrow.array(t)` takes it without a copy): uint8 /
+    /// int8 / float32 / float16 values, or bfloat16 as uint16 bit patterns whose field
+    /// carries the metadata `{"quantbridge.dtype": "bfloat16"}`. n-d tensors are flattened
+    /// row-major; `shape` says how to fold them back.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (data_type, metadata) = match self.dtype {
+            ExportDType::U8 => (DataType::UInt8, None),
+            ExportDType::I8 => (DataType::Int8, None),
+            ExportDType::F32 => (DataType::Float32, None),
+            ExportDType::F16 => (DataType::Float16, None),
+            ExportDType::BF16 => (DataType::UInt16, Some(BF16_METADATA)),
+        };
+        let mut field = Field::new("", data_type.clone(), false);
+        if let Some((k, v)) = metadata {
+            field = field.with_metadata([(k.to_owned(), v.to_owned())].into_iter().collect::<std::collections::HashMap<_, _>>());
+        }
+        arrow::check_requested_schema(requested_schema, &field)?;
+        let len = self.shape.iter().product::<i64>() as usize;
+        let data = ArrayData::builder(data_type)
+            .len(len)
+            .add_buffer(arrow_buffer(self.storage.clone()))
+            .build()
+            .map_err(|e| PyBufferError::new_err(format!("Arrow export failed: {e}")))?;
+        arrow::array_capsules(py, &field, &data)
     }
 
     /// `(kDLCPU, 0)`.

@@ -5,7 +5,14 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use arrow_array::RecordBatch;
+use pyo3::exceptions::PyValueError;
+
+use crate::bridge::ffi::to_python::arrow::{batch_capsules, check_requested_schema};
+use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
 use crate::bridge::native_tensor::NativeTensor;
+use crate::bridge::storage::arrow_buffer;
+use crate::bridge::table::TableParts;
 use crate::bridge::run::detached;
 use crate::bridge::storage::{ExportDType, Part, Storage};
 use crate::quant::{Granularity, Quantized, Scales};
@@ -15,6 +22,7 @@ use crate::quant::{Granularity, Quantized, Scales};
 #[pyclass(frozen, module = "quantbridge", name = "QuantizedTensor")]
 pub struct QuantizedTensor {
     q: Arc<Quantized>,
+    name: Option<String>,
     codes: Py<NativeTensor>,
     scales: Py<NativeTensor>,
     zero_points: Option<Py<NativeTensor>>,
@@ -22,7 +30,7 @@ pub struct QuantizedTensor {
 
 impl QuantizedTensor {
     /// Wrap an engine result; its buffers are shared, not copied.
-    pub fn new(py: Python<'_>, q: Quantized) -> PyResult<Self> {
+    pub fn new(py: Python<'_>, q: Quantized, name: Option<String>) -> PyResult<Self> {
         let q = Arc::new(q);
         let codes_dtype = if !q.spec.pack && q.spec.symmetric { ExportDType::I8 } else { ExportDType::U8 };
         // Packed codes are a flat byte stream; unpacked ones keep the tensor's shape.
@@ -39,7 +47,7 @@ impl QuantizedTensor {
             Some(_) => Some(Py::new(py, NativeTensor::new(part(Part::ZeroPoints), q.layout.scales_shape(), ExportDType::U8))?),
             None => None,
         };
-        Ok(QuantizedTensor { q, codes, scales, zero_points })
+        Ok(QuantizedTensor { q, name, codes, scales, zero_points })
     }
 
     /// The engine result.
@@ -49,9 +57,42 @@ impl QuantizedTensor {
 
     /// Dequantize with the GIL released into a float32 tensor of the source shape.
     pub fn dequantize_tensor(&self, py: Python<'_>) -> PyResult<NativeTensor> {
+        let mut timer = PhaseTimer::start();
         let q = self.q.clone();
-        let values = detached(py, "dequantize", move || Ok(q.dequantize()))?;
-        Ok(NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32))
+        let values = detached(py, self.name.as_deref().unwrap_or("dequantize"), move || Ok(q.dequantize()))?;
+        let quantize_s = timer.lap();
+        let output_bytes = values.len() * 4;
+        let tensor = NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32);
+        let rec = CallRecord {
+            api: "dequantize".into(),
+            tensors: 1,
+            input_bytes: self.q.nbytes(),
+            output_bytes,
+            quantize_s,
+            export_s: timer.lap(),
+            ..CallRecord::default()
+        };
+        record(py, &rec)?;
+        Ok(tensor)
+    }
+
+    /// This result as one row of the §5 output table, sharing its buffers.
+    fn table_row(&self) -> PyResult<RecordBatch> {
+        let q = &self.q;
+        let part = |p: Part| arrow_buffer(Arc::new(Storage::Part(q.clone(), p)));
+        let n_zps = q.zero_points.as_ref().map_or(0, Vec::len);
+        let parts = TableParts {
+            names: vec![self.name.clone().unwrap_or_else(|| "tensor".to_owned())],
+            codes: part(Part::Codes),
+            code_offsets: vec![0, q.codes.len() as i64],
+            scales: part(Part::Scales),
+            scale_offsets: vec![0, q.scales.len() as i32],
+            zero_points: part(Part::ZeroPoints),
+            zp_offsets: vec![0, n_zps as i32],
+            shapes: vec![q.shape.clone()],
+            spec: q.spec,
+        };
+        parts.into_batch().map_err(|e| PyValueError::new_err(format!("Arrow export failed: {e}")))
     }
 }
 
@@ -152,6 +193,25 @@ impl QuantizedTensor {
         d.set_item("max_abs_error", s.max_abs_error)?;
         d.set_item("sqnr_db", s.sqnr_db)?;
         Ok(Some(d))
+    }
+
+    /// The layer name given to `quantize(name=...)` or the batch key, if any.
+    #[getter]
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// One struct row with the §5 output columns (`pyarrow.array(q)`), sharing the buffers.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let batch = self.table_row()?;
+        let field = arrow_schema::Field::new("", arrow_schema::DataType::Struct(batch.schema().fields().clone()), false);
+        check_requested_schema(requested_schema, &field)?;
+        batch_capsules(py, &batch)
     }
 
     /// `(q - zp) * scale` as a float32 `NativeTensor` of the source shape.

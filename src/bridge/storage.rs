@@ -87,3 +87,17 @@ impl Storage {
         Storage::Copy(words, bytes.len())
     }
 }
+
+/// The storage's bytes as an Arrow buffer that shares (never copies) them: the buffer
+/// holds the `Arc`, so the memory lives as long as any Arrow consumer needs it.
+pub fn arrow_buffer(storage: Arc<Storage>) -> arrow_buffer::Buffer {
+    let bytes = storage.bytes();
+    let len = bytes.len();
+    match std::ptr::NonNull::new(bytes.as_ptr() as *mut u8) {
+        // SAFETY: `ptr` points at `len` initialised bytes owned by `storage`, which are never
+        // written after construction; the Arc passed as the owner keeps them alive for as
+        // long as the buffer (and any clone of it) exists.
+        Some(ptr) if len > 0 => unsafe { arrow_buffer::Buffer::from_custom_allocation(ptr, len, storage) },
+        _ => arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
+    }
+}

@@ -1,3 +1,4 @@
 //! Exporters: Rust-owned memory to Python protocols.
 
 pub mod dlpack;
+pub mod arrow;

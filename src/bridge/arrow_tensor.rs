@@ -1,0 +1,155 @@
+//! Arrow arrays as tensors: a float array (or one row of a list column) enters the same
+//! [`BorrowedTensor`] guard as a DLPack tensor, read in place, offset and all.
+
+use arrow_data::ArrayData;
+use arrow_schema::DataType;
+use pyo3::prelude::*;
+
+use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
+use crate::bridge::errors::{validation, LayerError};
+use crate::bridge::ffi::from_python::arrow::ArrowColumn;
+use crate::quant::DType;
+
+/// Keeps an imported Arrow array alive: its buffers hold the producer's `ArrowArray`, whose
+/// release callback runs once the last of them drops.
+pub struct ArrowOwner {
+    _values: ArrayData,
+    _producer: Py<PyAny>,
+}
+
+impl Owner for ArrowOwner {
+    fn kind(&self) -> &'static str {
+        "arrow"
+    }
+}
+
+/// The engine dtype of an Arrow value type.
+pub fn float_dtype(dt: &DataType) -> Option<DType> {
+    match dt {
+        DataType::Float16 => Some(DType::F16),
+        DataType::Float32 => Some(DType::F32),
+        DataType::Float64 => Some(DType::F64),
+        _ => None,
+    }
+}
+
+fn dtype_error(py: Python<'_>, layer: &str, dt: &DataType) -> PyErr {
+    validation(
+        py,
+        layer,
+        format!("Arrow values of type {dt}"),
+        "float16, float32 or float64 values",
+        "cast first, e.g. pyarrow.compute.cast(array, pyarrow.float32())",
+    )
+}
+
+fn first_null(data: &ArrayData, start: usize, len: usize) -> Option<usize> {
+    let nulls = data.nulls()?;
+    if nulls.null_count() == 0 {
+        return None;
+    }
+    (start..start + len).find(|&i| nulls.is_null(i))
+}
+
+/// `len` float values of `values` from logical index `start`, viewed with `shape`.
+///
+/// `row` names the table row in messages (None for a plain array).
+pub fn float_run(
+    py: Python<'_>,
+    layer: &str,
+    values: &ArrayData,
+    start: usize,
+    len: usize,
+    shape: &[i64],
+    producer: &Bound<'_, PyAny>,
+) -> PyResult<BorrowedTensor> {
+    let dtype = float_dtype(values.data_type()).ok_or_else(|| dtype_error(py, layer, values.data_type()))?;
+    if let Some(i) = first_null(values, start, len) {
+        return Err(validation(
+            py,
+            layer,
+            format!("a null at element {} of its values", i - start),
+            "no nulls in weights",
+            "fill or drop nulls first, e.g. pyarrow.compute.fill_null(values, 0.0)",
+        ));
+    }
+    let buffer = values.buffers().first().ok_or_else(|| dtype_error(py, layer, values.data_type()))?;
+    let base = buffer.as_ptr();
+    let first = (values.offset() + start) * dtype.itemsize();
+    let data = if len == 0 { base } else { base.wrapping_add(first) };
+    let raw = RawTensor { data, dtype, shape, strides: None, buffer: Some((base as usize, buffer.len())) };
+    let owner = Box::new(ArrowOwner { _values: values.clone(), _producer: producer.clone().unbind() });
+    // SAFETY: `owner` holds a clone of `values`, whose buffers keep the producer's ArrowArray
+    // (and so its memory) alive until the guard drops; Arrow buffers are immutable; `buffer`
+    // gives the real extent, which the guard checks every reachable element against.
+    unsafe { BorrowedTensor::new(&raw, owner) }.map_err(|e| LayerError::new(layer, e).into_pyerr(py))
+}
+
+/// A tensor from a whole Arrow column: float values are 1-D, `fixed_size_list<float>[k]`
+/// is 2-D `(len, k)`.
+pub fn column_tensor(
+    py: Python<'_>,
+    layer: &str,
+    col: &ArrowColumn,
+    producer: &Bound<'_, PyAny>,
+) -> PyResult<BorrowedTensor> {
+    let data = &col.data;
+    match data.data_type() {
+        DataType::FixedSizeList(_, k) => {
+            if let Some(row) = first_null(data, 0, data.len()) {
+                return Err(null_row(py, layer, row));
+            }
+            let k = *k as usize;
+            let child = &data.child_data()[0];
+            float_run(py, layer, child, data.offset() * k, data.len() * k, &[data.len() as i64, k as i64], producer)
+        }
+        _ => {
+            if let Some(row) = first_null(data, 0, data.len()) {
+                return Err(null_row(py, layer, row));
+            }
+            float_run(py, layer, data, 0, data.len(), &[data.len() as i64], producer)
+        }
+    }
+}
+
+/// A `ValidationError` for a null in row `row`.
+pub fn null_row(py: Python<'_>, layer: &str, row: usize) -> PyErr {
+    validation(
+        py,
+        layer,
+        format!("a null in row {row}"),
+        "no nulls",
+        "fill or drop nulls first (pyarrow.compute.fill_null / drop_null)",
+    )
+}
+
+/// Start and length (in values of the child) of row `row` of a list-like column.
+pub fn list_row(data: &ArrayData, row: usize) -> Option<(usize, usize)> {
+    let i = data.offset() + row;
+    match data.data_type() {
+        DataType::List(_) => {
+            let offsets = data.buffers()[0].typed_data::<i32>();
+            let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+            Some((a, b - a))
+        }
+        DataType::LargeList(_) => {
+            let offsets = data.buffers()[0].typed_data::<i64>();
+            let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+            Some((a, b - a))
+        }
+        DataType::FixedSizeList(_, k) => Some((i * *k as usize, *k as usize)),
+        _ => None,
+    }
+}
+
+/// The integer values of row `row` of a `list<int32|int64>` column (a shape).
+pub fn int_list_row(data: &ArrayData, row: usize) -> Option<Vec<i64>> {
+    let (start, len) = list_row(data, row)?;
+    let child = &data.child_data()[0];
+    let at = child.offset() + start;
+    match child.data_type() {
+        DataType::Int32 => Some(child.buffers()[0].typed_data::<i32>()[at..at + len].iter().map(|&v| v as i64).collect()),
+        DataType::Int64 => Some(child.buffers()[0].typed_data::<i64>()[at..at + len].to_vec()),
+        _ => None,
+    }
+}

@@ -1,0 +1,73 @@
+//! Arrow producer: Rust-owned arrays and record batches as `arrow_schema` / `arrow_array`
+//! and `arrow_array_stream` PyCapsules (the Arrow PyCapsule Interface).
+//!
+//! Each capsule owns a boxed arrow-rs FFI struct. A consumer moves the struct out and
+//! marks it released; otherwise the capsule's destructor drops the box, and arrow-rs's
+//! `Drop` calls the release callback. Either way the Rust buffers are freed exactly once.
+
+use std::sync::Arc;
+
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::{Array, RecordBatch, RecordBatchIterator, StructArray};
+use arrow_data::ArrayData;
+use arrow_schema::{Field, Schema};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyTuple};
+
+use crate::bridge::capsule_names::{ARROW_ARRAY, ARROW_ARRAY_STREAM, ARROW_SCHEMA};
+
+fn arrow_err(e: arrow_schema::ArrowError) -> PyErr {
+    PyValueError::new_err(format!("Arrow export failed: {e}"))
+}
+
+/// `(schema capsule, array capsule)` for `data` described by `field`.
+pub fn array_capsules<'py>(py: Python<'py>, field: &Field, data: &ArrayData) -> PyResult<Bound<'py, PyTuple>> {
+    let schema = FFI_ArrowSchema::try_from(field).map_err(arrow_err)?;
+    let array = FFI_ArrowArray::new(data);
+    let schema = PyCapsule::new_with_value(py, schema, ARROW_SCHEMA)?;
+    let array = PyCapsule::new_with_value(py, array, ARROW_ARRAY)?;
+    PyTuple::new(py, [schema.into_any(), array.into_any()])
+}
+
+/// A record batch as one struct array: `(schema capsule, array capsule)`; the schema
+/// keeps the batch's metadata.
+pub fn batch_capsules<'py>(py: Python<'py>, batch: &RecordBatch) -> PyResult<Bound<'py, PyTuple>> {
+    let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref()).map_err(arrow_err)?;
+    let data = StructArray::from(batch.clone()).into_data();
+    let array = FFI_ArrowArray::new(&data);
+    let schema = PyCapsule::new_with_value(py, schema, ARROW_SCHEMA)?;
+    let array = PyCapsule::new_with_value(py, array, ARROW_ARRAY)?;
+    PyTuple::new(py, [schema.into_any(), array.into_any()])
+}
+
+/// An `arrow_array_stream` capsule yielding `batches`.
+pub fn stream_capsule<'py>(py: Python<'py>, schema: Arc<Schema>, batches: Vec<RecordBatch>) -> PyResult<Bound<'py, PyCapsule>> {
+    let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+    let stream = FFI_ArrowArrayStream::new(Box::new(reader));
+    PyCapsule::new_with_value(py, stream, ARROW_ARRAY_STREAM)
+}
+
+/// Whether `requested_schema` (a capsule or None) can be honoured: quantbridge exports its
+/// own types only, and says so instead of silently ignoring a different request.
+pub fn check_requested_schema(requested: Option<&Bound<'_, PyAny>>, ours: &Field) -> PyResult<()> {
+    let Some(req) = requested else { return Ok(()) };
+    if req.is_none() {
+        return Ok(());
+    }
+    let cap = req.cast::<PyCapsule>().map_err(|_| PyValueError::new_err("requested_schema must be an arrow_schema PyCapsule"))?;
+    use pyo3::types::PyCapsuleMethods;
+    let ptr = cap.pointer_checked(Some(ARROW_SCHEMA))?;
+    // SAFETY: a valid "arrow_schema" capsule holds a live FFI_ArrowSchema owned by the capsule;
+    // it is only borrowed for the conversion.
+    let requested = Field::try_from(unsafe { &*ptr.as_ptr().cast::<FFI_ArrowSchema>() }).map_err(arrow_err)?;
+    if requested.data_type() != ours.data_type() {
+        return Err(PyValueError::new_err(format!(
+            "quantbridge exports {} and cannot cast to the requested {}",
+            ours.data_type(),
+            requested.data_type()
+        )));
+    }
+    Ok(())
+}
