@@ -7,6 +7,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod bridge;
+#[doc(hidden)]
+pub use bridge::native_module;
 pub mod error;
 pub mod quant;
 

@@ -43,6 +43,13 @@ fn _panic_in_engine(py: Python<'_>) -> PyResult<()> {
     run::detached(py, "tensor", || -> crate::Result<()> { panic!("deliberate panic for a test") })
 }
 
+/// A fresh `quantbridge._native` module object, for Rust tests that drive an embedded
+/// interpreter (the wheel's module is created by the import machinery instead).
+#[doc(hidden)]
+pub fn native_module(py: Python<'_>) -> Py<PyModule> {
+    pyo3::wrap_pymodule!(_native)(py)
+}
+
 /// `quantbridge._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -21,7 +21,7 @@ use crate::bridge::batch::failure_message;
 use crate::bridge::borrowed::BorrowedTensor;
 use crate::bridge::errors::{validation, BatchQuantizationError};
 use crate::bridge::ffi::from_python::arrow::{import_array, import_stream, ArrowColumn};
-use crate::quant::{output_sizes, quantize_into, Granularity, OutBuffers, QuantSpec, ScaleDtype, Stats};
+use crate::quant::{output_sizes, quantize_into, zeroed, Granularity, OutBuffers, QuantSpec, ScaleDtype, Stats};
 
 /// Field metadata marking uint16 values as bfloat16 bit patterns (Arrow has no bfloat16).
 pub const BF16_METADATA: (&str, &str) = ("quantbridge.dtype", "bfloat16");
@@ -340,16 +340,23 @@ pub fn quantize_rows(
 ) -> Result<(TableParts, Vec<Option<Stats>>), Vec<(String, String)>> {
     let sizes: Vec<(usize, usize, usize)> = layers.iter().map(|(_, v)| output_sizes(v.shape(), spec)).collect();
     let mut code_offsets = vec![0i64];
-    let mut scale_offsets = vec![0i32];
-    let mut zp_offsets = vec![0i32];
+    let (mut scale_total, mut zp_total) = (0i64, 0i64);
+    let (mut scale_offsets, mut zp_offsets) = (vec![0i32], vec![0i32]);
     for &(c, s, z) in &sizes {
         code_offsets.push(code_offsets.last().unwrap() + c as i64);
-        scale_offsets.push(scale_offsets.last().unwrap() + s as i32);
-        zp_offsets.push(zp_offsets.last().unwrap() + z as i32);
+        scale_total += s as i64;
+        zp_total += z as i64;
+        let (Ok(s), Ok(z)) = (i32::try_from(scale_total), i32::try_from(zp_total)) else {
+            let reason = "more than 2^31 scales in one table (Arrow list offsets are int32); split the table";
+            return Err(vec![("table".to_owned(), reason.to_owned())]);
+        };
+        scale_offsets.push(s);
+        zp_offsets.push(z);
     }
-    let mut codes = vec![0u8; *code_offsets.last().unwrap() as usize];
-    let mut scales = vec![0f32; *scale_offsets.last().unwrap() as usize];
-    let mut zps = vec![0u8; *zp_offsets.last().unwrap() as usize];
+    let alloc_failure = |e: crate::Error| vec![("table".to_owned(), e.to_string())];
+    let mut codes = zeroed::<u8>(*code_offsets.last().unwrap() as usize).map_err(alloc_failure)?;
+    let mut scales = zeroed::<f32>(*scale_offsets.last().unwrap() as usize).map_err(alloc_failure)?;
+    let mut zps = zeroed::<u8>(*zp_offsets.last().unwrap() as usize).map_err(alloc_failure)?;
     let outcomes: Vec<_> = {
         let code_parts = split_sizes(&mut codes, sizes.iter().map(|s| s.0));
         let scale_parts = split_sizes(&mut scales, sizes.iter().map(|s| s.1));

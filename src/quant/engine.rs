@@ -16,7 +16,7 @@ use half::{bf16, f16};
 pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
     spec.validate()?;
     let (c, s, z) = output_sizes(view.shape(), spec);
-    let (mut codes, mut scales, mut zps) = (vec![0u8; c], vec![0.0f32; s], vec![0u8; z]);
+    let (mut codes, mut scales, mut zps) = (zeroed(c)?, zeroed(s)?, zeroed(z)?);
     let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
     let stats = quantize_into(view, spec, out)?;
     let (rows, cols) = view.rows_cols();
@@ -30,6 +30,21 @@ pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
         zero_points: (!spec.symmetric).then_some(zps),
         stats,
     })
+}
+
+/// A zero-filled vector, or a validation error when `n` elements cannot be allocated (a
+/// producer claiming an absurd size must get an error, not abort the interpreter).
+pub fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::validation(
+            format!("a result of {n} x {} bytes that cannot be allocated", std::mem::size_of::<T>()),
+            "a tensor whose quantized result fits in memory",
+            "check the tensor's shape (the producer may describe far more elements than it holds), or quantize it in slices",
+        )
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 /// The buffers a quantization writes, sized by [`output_sizes`]. The Arrow output writes

@@ -61,6 +61,18 @@ fn malformed(py: Python<'_>, layer: &str, found: String) -> PyErr {
     )
 }
 
+fn producer_raised(py: Python<'_>, layer: &str, method: &str, cause: PyErr) -> PyErr {
+    let err = validation(
+        py,
+        layer,
+        format!("a producer whose {method}() raised {cause}"),
+        "a producer that can export its data through the Arrow PyCapsule Interface",
+        "export a plain array (e.g. pyarrow.array(values)) or pass a numpy array",
+    );
+    err.set_cause(py, Some(cause));
+    err
+}
+
 /// Buffers (null bitmap included) and children the C Data Interface requires for `dt`;
 /// `None` for types quantbridge never imports.
 fn expected_counts(dt: &DataType) -> Option<(i64, i64)> {
@@ -216,7 +228,7 @@ fn schema_field(py: Python<'_>, layer: &str, cap: &Bound<'_, PyCapsule>) -> PyRe
 /// Import `obj.__arrow_c_array__()`.
 pub fn import_array(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<ArrowColumn> {
     let py = obj.py();
-    let pair = obj.call_method0(intern!(py, "__arrow_c_array__"))?;
+    let pair = obj.call_method0(intern!(py, "__arrow_c_array__")).map_err(|e| producer_raised(py, layer, "__arrow_c_array__", e))?;
     let pair = pair.cast::<PyTuple>().map_err(|_| {
         malformed(py, layer, "__arrow_c_array__() returning something other than a (schema, array) tuple".into())
     })?;
@@ -256,7 +268,7 @@ impl Stream {
 /// Import `obj.__arrow_c_stream__()`: the stream's field and every chunk, validated.
 pub fn import_stream(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<(Field, Vec<ArrowColumn>)> {
     let py = obj.py();
-    let cap = obj.call_method0(intern!(py, "__arrow_c_stream__"))?;
+    let cap = obj.call_method0(intern!(py, "__arrow_c_stream__")).map_err(|e| producer_raised(py, layer, "__arrow_c_stream__", e))?;
     let cap = capsule(py, layer, &cap, ARROW_ARRAY_STREAM)?;
     let ptr = cap.pointer_checked(Some(ARROW_ARRAY_STREAM))?.cast::<FFI_ArrowArrayStream>();
     // SAFETY: a valid "arrow_array_stream" capsule holds a live stream that it owns; we take
