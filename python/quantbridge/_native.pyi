@@ -1,5 +1,6 @@
 """Type stub for the compiled module quantbridge._native."""
 
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 __version__: str
@@ -15,8 +16,23 @@ class ValidationError(QuantizationError, ValueError):
     expected: str
     fix: str
     index: int  # only for non-finite values
-class BatchQuantizationError(QuantizationError): ...
+class BatchQuantizationError(QuantizationError):
+    failures: dict[str, str]
 class PerformanceWarning(UserWarning): ...
+class QuantizationWarning(UserWarning): ...
+
+class BatchResult(dict[str, QuantizedTensor]):
+    failures: dict[str, str]
+
+class QuantizedTable:
+    """The §5 output table; take it with pyarrow.table() or polars.from_arrow()."""
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any: ...
+    def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def column_names(self) -> list[str]: ...
+    def __len__(self) -> int: ...
 
 class NativeTensor:
     """A read-only, row-major tensor owned by quantbridge, exported through DLPack."""
@@ -29,6 +45,7 @@ class NativeTensor:
         copy: bool | None = None,
     ) -> Any: ...
     def __dlpack_device__(self) -> tuple[int, int]: ...
+    def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
     @property
     def shape(self) -> tuple[int, ...]: ...
     @property
@@ -70,10 +87,13 @@ class QuantizedTensor:
     def compression_ratio(self) -> float: ...
     @property
     def stats(self) -> dict[str, float] | None: ...
+    @property
+    def name(self) -> str | None: ...
+    def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
     def dequantize(self) -> NativeTensor: ...
 
 def quantize(
-    tensor: _DLPackProducer,
+    tensor: Any,
     *,
     bits: Literal[2, 4, 8] = 4,
     group_size: int | None = 128,
@@ -83,8 +103,48 @@ def quantize(
     pack: bool = True,
     stats: bool = False,
     name: str | None = None,
+    _api: str | None = None,
 ) -> QuantizedTensor: ...
 def dequantize(q: QuantizedTensor) -> NativeTensor: ...
+def quantize_batch(
+    mapping: Mapping[str, Any],
+    *,
+    continue_on_error: bool = False,
+    progress: Callable[[str, float], object] | bool | None = None,
+    bits: Literal[2, 4, 8] = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    granularity: Literal["group", "channel", "tensor"] = "group",
+    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    pack: bool = True,
+    stats: bool = False,
+    _api: str | None = None,
+) -> BatchResult: ...
+def quantize_arrow(
+    table_like: Any,
+    *,
+    bits: Literal[2, 4, 8] = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    granularity: Literal["group", "channel", "tensor"] = "group",
+    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    _api: str | None = None,
+) -> QuantizedTable: ...
+def quantize_arrow_batch(
+    record_batch_like: Any,
+    *,
+    bits: Literal[2, 4, 8] = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    granularity: Literal["group", "channel", "tensor"] = "group",
+    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    _api: str | None = None,
+) -> QuantizedTable: ...
+def metrics() -> dict[str, Any]: ...
+def reset_metrics() -> None: ...
+def configure_metrics(
+    *, degradation_fraction: float | None = None, min_bytes: int | None = None, min_samples: int | None = None
+) -> dict[str, float | int]: ...
 def _live_exports() -> int: ...
-def _borrow_info(obj: _DLPackProducer) -> tuple[str, int, int]: ...
+def _borrow_info(obj: Any) -> tuple[str, int, int]: ...
 def _panic_in_engine() -> None: ...

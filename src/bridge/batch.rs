@@ -54,10 +54,10 @@ enum Progress {
 impl Progress {
     fn from_arg(py: Python<'_>, progress: Option<&Bound<'_, PyAny>>, total: usize) -> PyResult<Self> {
         let Some(p) = progress else { return Ok(Progress::None) };
-        if p.is_none() || p.is(&pyo3::types::PyBool::new(py, false)) {
+        if p.is_none() || p.is(pyo3::types::PyBool::new(py, false)) {
             return Ok(Progress::None);
         }
-        if p.is(&pyo3::types::PyBool::new(py, true)) {
+        if p.is(pyo3::types::PyBool::new(py, true)) {
             return Ok(match py.import("tqdm") {
                 Ok(tqdm) => {
                     let kwargs = PyDict::new(py);

@@ -48,7 +48,7 @@ pub fn import_tensor(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<Imported> 
     }
     if obj.hasattr(intern!(py, "__arrow_c_stream__"))? {
         let (_field, chunks) = arrow::import_stream(obj, layer)?;
-        let mut non_empty = chunks.into_iter().filter(|c| c.data.len() > 0);
+        let mut non_empty = chunks.into_iter().filter(|c| !c.data.is_empty());
         let (Some(col), None) = (non_empty.next(), non_empty.next()) else {
             return Err(validation(
                 py,

@@ -26,6 +26,9 @@ use crate::quant::{output_sizes, quantize_into, zeroed, Granularity, OutBuffers,
 /// Field metadata marking uint16 values as bfloat16 bit patterns (Arrow has no bfloat16).
 pub const BF16_METADATA: (&str, &str) = ("quantbridge.dtype", "bfloat16");
 
+/// `(layer name, reason)` for every layer that failed.
+pub type Failures = Vec<(String, String)>;
+
 /// One row of an input table, borrowed.
 pub struct TableLayer {
     /// `layer_name` of the row.
@@ -95,7 +98,7 @@ fn string_at(array: &ArrayRef, row: usize) -> Option<String> {
 
 /// Borrow every row of a §5 table. Rows that cannot be borrowed are returned as
 /// `(name, reason)` failures.
-pub fn table_layers(obj: &Bound<'_, PyAny>, prefer_stream: bool) -> PyResult<(Vec<TableLayer>, Vec<(String, String)>)> {
+pub fn table_layers(obj: &Bound<'_, PyAny>, prefer_stream: bool) -> PyResult<(Vec<TableLayer>, Failures)> {
     let py = obj.py();
     let (field, batches) = record_batches(obj, prefer_stream)?;
     let DataType::Struct(fields) = field.data_type() else {
@@ -337,7 +340,7 @@ impl TableParts {
 pub fn quantize_rows(
     layers: &[(String, crate::quant::TensorView<'_>)],
     spec: &QuantSpec,
-) -> Result<(TableParts, Vec<Option<Stats>>), Vec<(String, String)>> {
+) -> Result<(TableParts, Vec<Option<Stats>>), Failures> {
     let sizes: Vec<(usize, usize, usize)> = layers.iter().map(|(_, v)| output_sizes(v.shape(), spec)).collect();
     let mut code_offsets = vec![0i64];
     let (mut scale_total, mut zp_total) = (0i64, 0i64);

@@ -12,6 +12,14 @@ settings.register_profile("thorough", max_examples=2000, deadline=None, suppress
 settings.load_profile(os.environ.get("QB_HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_degradation_warnings():
+    """The throughput warning depends on machine load; only its own tests turn it on."""
+    import quantbridge as qb
+
+    qb.configure_metrics(degradation_fraction=0.0)
+
+
 @pytest.fixture
 def no_leaked_exports():
     """Fails the test if a DLPack export's deleter did not run once the results are gone."""
