@@ -62,9 +62,22 @@ def test_threads_get_identical_results():
 
 PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys
-    import numpy as np, torch, quantbridge as qb
+    import numpy as np, pyarrow as pa, torch, quantbridge as qb
     kind = sys.argv[1]
     n = 256 * 2**20
+    if kind.startswith("arrow"):
+        values = np.ones(n // 4, np.float32) + 0.5  # pages touched before the baseline
+        column = pa.FixedSizeListArray.from_arrays(pa.array(values), 8192)  # no copy
+        x = column if kind == "arrow-array" else pa.table({"layer_name": ["w"], "weights": pa.FixedSizeListArray.from_arrays(pa.array(values), n // 4)})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if kind == "arrow-array":
+            nbytes = qb.quantize(x, bits=4, group_size=128).nbytes
+        else:
+            out = qb.quantize_arrow(x, bits=4, group_size=128)
+            nbytes = n // 8 + (n // 4 // 128) * 5
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(after - before, nbytes)
+        sys.exit(0)
     if kind == "numpy":
         x = np.ones(n // 4, np.float32).reshape(8192, -1)
     elif kind == "torch-transposed":
@@ -79,7 +92,7 @@ PEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch-transposed", "torch-bfloat16"])
+@pytest.mark.parametrize("kind", ["numpy", "torch-transposed", "torch-bfloat16", "arrow-array", "arrow-table"])
 def test_peak_rss_grows_by_the_output_not_the_input(kind):
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind], capture_output=True, text=True, check=True)
     growth, output_bytes = map(int, out.stdout.split())
