@@ -65,6 +65,21 @@ def test_table_and_batch_apis_match_quantize(rows, cols, spec):
     assert pa.table(qb.quantize_arrow(pl.from_arrow(table), **spec)).column("codes").equals(out.column("codes"))
 
 
+def test_nanoarrow_and_arro3_in_and_out():
+    import arro3.core as ac
+    import nanoarrow as na
+
+    x = np.linspace(-1, 1, 1000, dtype=np.float32)
+    expected = parts(qb.quantize(x))
+    assert parts(qb.quantize(na.c_array(x, na.float32()))) == expected
+    assert parts(qb.quantize(ac.Array.from_numpy(x))) == expected
+    table = pa.table({"layer_name": ["a"], "weights": [x]})
+    out = qb.quantize_arrow(ac.Table.from_arrow(table))
+    assert ac.Table.from_arrow(out).num_rows == 1
+    assert pa.table(out).column("codes")[0].as_py() == expected[0]
+    assert na.Array(qb.quantize(x).codes).to_pylist() == list(expected[0])
+
+
 def test_arrow_output_is_shared_not_copied():
     x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
     q = qb.quantize(x)
