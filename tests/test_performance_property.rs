@@ -10,11 +10,19 @@ use common::{cases, eval, run, with_python};
 use proptest::prelude::*;
 use pyo3::prelude::*;
 
+/// Metrics are process-wide: the tests of this file must not interleave.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(16)))]
 
     #[test]
     fn metrics_count_every_call(sizes in prop::collection::vec(1usize..3000, 1..6), lists in 0usize..3) {
+        let _serial = serial();
         with_python(|py| {
             let ns = common::namespace(py).unwrap();
             ns.set_item("sizes", sizes.clone()).unwrap();
@@ -41,6 +49,7 @@ proptest! {
 
 #[test]
 fn degradation_warning_fires_for_a_slow_call() {
+    let _serial = serial();
     with_python(|py| {
         let ns = run(
             py,
