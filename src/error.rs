@@ -34,6 +34,9 @@ pub enum Error {
         /// The offending value as read in float32.
         value: f32,
     },
+    /// A file could not be read or written (missing, unreadable, unwritable, exists).
+    #[error("{0}")]
+    Io(String),
     /// A bug or broken invariant inside quantbridge, not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -49,7 +52,7 @@ impl Error {
                 expected: "only finite values".into(),
                 fix: "replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)".into(),
             }),
-            Error::Internal(_) => None,
+            Error::Io(_) | Error::Internal(_) => None,
         }
     }
 

@@ -9,7 +9,9 @@
 mod bridge;
 #[doc(hidden)]
 pub use bridge::native_module;
+pub mod arrow_table;
 pub mod error;
+pub mod files;
 pub mod quant;
 
 pub use error::{Error, Result};

@@ -30,6 +30,7 @@ from ._native import (
     quantize_batch,
     reset_metrics,
 )
+from ._files import dequantize_file, inspect_file, quantize_file
 from ._quantizer import Quantizer
 
 __all__ = [
@@ -46,10 +47,13 @@ __all__ = [
     "__version__",
     "configure_metrics",
     "dequantize",
+    "dequantize_file",
+    "inspect_file",
     "metrics",
     "quantize",
     "quantize_arrow",
     "quantize_arrow_batch",
     "quantize_batch",
+    "quantize_file",
     "reset_metrics",
 ]

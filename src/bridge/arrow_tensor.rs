@@ -122,34 +122,3 @@ pub fn null_row(py: Python<'_>, layer: &str, row: usize) -> PyErr {
         "fill or drop nulls first (pyarrow.compute.fill_null / drop_null)",
     )
 }
-
-/// Start and length (in values of the child) of row `row` of a list-like column.
-pub fn list_row(data: &ArrayData, row: usize) -> Option<(usize, usize)> {
-    let i = data.offset() + row;
-    match data.data_type() {
-        DataType::List(_) => {
-            let offsets = data.buffers()[0].typed_data::<i32>();
-            let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
-            Some((a, b - a))
-        }
-        DataType::LargeList(_) => {
-            let offsets = data.buffers()[0].typed_data::<i64>();
-            let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
-            Some((a, b - a))
-        }
-        DataType::FixedSizeList(_, k) => Some((i * *k as usize, *k as usize)),
-        _ => None,
-    }
-}
-
-/// The integer values of row `row` of a `list<int32|int64>` column (a shape).
-pub fn int_list_row(data: &ArrayData, row: usize) -> Option<Vec<i64>> {
-    let (start, len) = list_row(data, row)?;
-    let child = &data.child_data()[0];
-    let at = child.offset() + start;
-    match child.data_type() {
-        DataType::Int32 => Some(child.buffers()[0].typed_data::<i32>()[at..at + len].iter().map(|&v| v as i64).collect()),
-        DataType::Int64 => Some(child.buffers()[0].typed_data::<i64>()[at..at + len].to_vec()),
-        _ => None,
-    }
-}

@@ -76,7 +76,15 @@ impl LayerError {
     }
 
     fn build(self, py: Python<'_>) -> PyResult<PyErr> {
-        let message = format!("layer '{}': {}", self.layer, self.error);
+        if let Error::Io(message) = &self.error {
+            return Ok(pyo3::exceptions::PyOSError::new_err(message.clone()));
+        }
+        // File-level errors name their file and tensor themselves.
+        let message = if self.layer.is_empty() {
+            self.error.to_string()
+        } else {
+            format!("layer '{}': {}", self.layer, self.error)
+        };
         let instance = match self.error.problem() {
             None => py.get_type::<QuantizationError>().call1((message,))?,
             Some(p) => {

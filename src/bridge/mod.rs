@@ -7,6 +7,7 @@ pub mod borrowed;
 pub mod capsule_names;
 pub mod errors;
 pub mod ffi;
+mod files;
 mod functions;
 mod import;
 pub mod native_tensor;
@@ -62,6 +63,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::quantize_batch, m)?)?;
     m.add_function(wrap_pyfunction!(quantized_table::quantize_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(quantized_table::quantize_arrow_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(files::quantize_file, m)?)?;
+    m.add_function(wrap_pyfunction!(files::dequantize_file, m)?)?;
+    m.add_function(wrap_pyfunction!(files::inspect_file, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::reset_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::configure_metrics, m)?)?;

@@ -11,7 +11,7 @@ use arrow_schema::{DataType, Field};
 
 use crate::bridge::ffi::to_python::{arrow, dlpack};
 use crate::bridge::storage::{arrow_buffer, ExportDType, Storage};
-use crate::bridge::table::BF16_METADATA;
+use crate::arrow_table::BF16_METADATA;
 
 /// A read-only, row-major tensor owned by quantbridge. Take it with `numpy.from_dlpack`,
 /// `torch.from_dlpack` or `jax.numpy.from_dlpack`: no copy is made.

@@ -12,7 +12,7 @@ use crate::bridge::ffi::to_python::arrow::{batch_capsules, check_requested_schem
 use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
 use crate::bridge::native_tensor::NativeTensor;
 use crate::bridge::storage::arrow_buffer;
-use crate::bridge::table::TableParts;
+use crate::arrow_table::TableParts;
 use crate::bridge::run::detached;
 use crate::bridge::storage::{ExportDType, Part, Storage};
 use crate::quant::{Granularity, Quantized, Scales};
@@ -91,6 +91,7 @@ impl QuantizedTensor {
             zp_offsets: vec![0, n_zps as i32],
             shapes: vec![q.shape.clone()],
             spec: q.spec,
+            passthrough: false,
         };
         parts.into_batch().map_err(|e| PyValueError::new_err(format!("Arrow export failed: {e}")))
     }

@@ -2,29 +2,21 @@
 //! borrowed in place through the guard; results out as one Arrow record batch whose
 //! `codes` column is a large_binary buffer the engine writes straight into.
 
-use std::sync::Arc;
-
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float16Array, Float32Array, Int32Array, Int64Array, LargeBinaryArray, ListArray,
-    RecordBatch, StringArray, UInt16Array, UInt8Array,
-};
-use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_array::{Array, ArrayRef, StringArray};
+use arrow_buffer::Buffer;
 use arrow_data::ArrayData;
-use arrow_schema::{DataType, Field, Fields, Schema};
-use half::f16;
+use arrow_schema::{DataType, Field, Fields};
 use pyo3::intern;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use crate::bridge::arrow_tensor::{float_run, int_list_row, list_row};
+use crate::arrow_table::{int_list_row, list_row, TableParts};
+use crate::bridge::arrow_tensor::float_run;
 use crate::bridge::batch::failure_message;
 use crate::bridge::borrowed::BorrowedTensor;
 use crate::bridge::errors::{validation, BatchQuantizationError};
 use crate::bridge::ffi::from_python::arrow::{import_array, import_stream, ArrowColumn};
-use crate::quant::{output_sizes, quantize_into, zeroed, Granularity, OutBuffers, QuantSpec, ScaleDtype, Stats};
-
-/// Field metadata marking uint16 values as bfloat16 bit patterns (Arrow has no bfloat16).
-pub const BF16_METADATA: (&str, &str) = ("quantbridge.dtype", "bfloat16");
+use crate::quant::{output_sizes, quantize_into, zeroed, OutBuffers, QuantSpec, Stats};
 
 /// `(layer name, reason)` for every layer that failed.
 pub type Failures = Vec<(String, String)>;
@@ -211,130 +203,6 @@ fn table_row(
     float_run(py, name, child, start, len, &shape, producer)
 }
 
-/// The §5 output: per-layer buffers concatenated, ready to become a record batch.
-pub struct TableParts {
-    /// `layer_name` per row.
-    pub names: Vec<String>,
-    /// Every layer's codes, back to back.
-    pub codes: Buffer,
-    /// `codes` offsets (rows + 1).
-    pub code_offsets: Vec<i64>,
-    /// Every layer's scales, back to back, in their stored dtype.
-    pub scales: Buffer,
-    /// `scales` offsets (rows + 1), in elements.
-    pub scale_offsets: Vec<i32>,
-    /// Every layer's zero points (empty when symmetric).
-    pub zero_points: Buffer,
-    /// `zero_points` offsets (rows + 1).
-    pub zp_offsets: Vec<i32>,
-    /// Source shapes.
-    pub shapes: Vec<Vec<usize>>,
-    /// The spec every row shares.
-    pub spec: QuantSpec,
-}
-
-fn scale_field(dtype: ScaleDtype) -> Field {
-    match dtype {
-        ScaleDtype::F32 => Field::new("item", DataType::Float32, false),
-        ScaleDtype::F16 => Field::new("item", DataType::Float16, false),
-        ScaleDtype::BF16 => Field::new("item", DataType::UInt16, false).with_metadata(
-            [(BF16_METADATA.0.to_owned(), BF16_METADATA.1.to_owned())].into_iter().collect::<std::collections::HashMap<_, _>>(),
-        ),
-    }
-}
-
-/// The output schema (SPEC §5), with the spec as JSON in its metadata.
-pub fn output_schema(spec: &QuantSpec) -> Schema {
-    let list = |f: Field| DataType::List(Arc::new(f));
-    let fields = vec![
-        Field::new("layer_name", DataType::Utf8, false),
-        Field::new("codes", DataType::LargeBinary, false),
-        Field::new("scales", list(scale_field(spec.scale_dtype)), false),
-        Field::new("zero_points", list(Field::new("item", DataType::UInt8, false)), true),
-        Field::new("shape", list(Field::new("item", DataType::Int64, false)), false),
-        Field::new("bits", DataType::UInt8, false),
-        Field::new("group_size", DataType::Int32, true),
-        Field::new("symmetric", DataType::Boolean, false),
-    ];
-    let metadata = [("quantbridge.spec".to_owned(), spec_json(spec))].into_iter().collect::<std::collections::HashMap<_, _>>();
-    Schema::new(fields).with_metadata(metadata)
-}
-
-/// The spec as a small JSON object (also used by the file writers).
-pub fn spec_json(spec: &QuantSpec) -> String {
-    let (granularity, group) = match spec.granularity {
-        Granularity::Group(g) => ("group", g.to_string()),
-        Granularity::Channel => ("channel", "null".into()),
-        Granularity::Tensor => ("tensor", "null".into()),
-    };
-    format!(
-        "{{\"bits\": {}, \"group_size\": {group}, \"granularity\": \"{granularity}\", \"symmetric\": {}, \"scale_dtype\": \"{}\", \"packed\": {}}}",
-        spec.bits,
-        spec.symmetric,
-        spec.scale_dtype.name(),
-        spec.pack
-    )
-}
-
-fn offsets_i32(v: Vec<i32>) -> OffsetBuffer<i32> {
-    OffsetBuffer::new(ScalarBuffer::from(v))
-}
-
-impl TableParts {
-    /// The record batch; every buffer is moved in, none is copied.
-    pub fn into_batch(self) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let schema = Arc::new(output_schema(&self.spec));
-        let rows = self.names.len();
-        let names: ArrayRef = Arc::new(StringArray::from(self.names));
-        let codes: ArrayRef = Arc::new(LargeBinaryArray::try_new(
-            OffsetBuffer::new(ScalarBuffer::from(self.code_offsets)),
-            self.codes,
-            None,
-        )?);
-        let n_scales = *self.scale_offsets.last().unwrap_or(&0) as usize;
-        let scale_values: ArrayRef = match self.spec.scale_dtype {
-            ScaleDtype::F32 => Arc::new(Float32Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
-            ScaleDtype::F16 => Arc::new(Float16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
-            ScaleDtype::BF16 => Arc::new(UInt16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
-        };
-        let scales: ArrayRef = Arc::new(ListArray::try_new(
-            Arc::new(scale_field(self.spec.scale_dtype)),
-            offsets_i32(self.scale_offsets),
-            scale_values,
-            None,
-        )?);
-        let n_zps = *self.zp_offsets.last().unwrap_or(&0) as usize;
-        let zp_values: ArrayRef = Arc::new(UInt8Array::new(ScalarBuffer::new(self.zero_points, 0, n_zps), None));
-        let zp_nulls = self.spec.symmetric.then(|| NullBuffer::new_null(rows));
-        let zero_points: ArrayRef = Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::UInt8, false)),
-            offsets_i32(self.zp_offsets),
-            zp_values,
-            zp_nulls,
-        )?);
-        let mut shape_offsets = vec![0i32];
-        let mut shape_values = Vec::new();
-        for s in &self.shapes {
-            shape_values.extend(s.iter().map(|&d| d as i64));
-            shape_offsets.push(shape_values.len() as i32);
-        }
-        let shapes: ArrayRef = Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::Int64, false)),
-            offsets_i32(shape_offsets),
-            Arc::new(Int64Array::from(shape_values)),
-            None,
-        )?);
-        let bits: ArrayRef = Arc::new(UInt8Array::from(vec![self.spec.bits; rows]));
-        let group = match self.spec.granularity {
-            Granularity::Group(g) => Some(g as i32),
-            _ => None,
-        };
-        let group_size: ArrayRef = Arc::new(Int32Array::from(vec![group; rows]));
-        let symmetric: ArrayRef = Arc::new(BooleanArray::from(vec![self.spec.symmetric; rows]));
-        RecordBatch::try_new(schema, vec![names, codes, scales, zero_points, shapes, bits, group_size, symmetric])
-    }
-}
-
 /// Quantize borrowed rows straight into the table's concatenated buffers, in parallel
 /// (call detached). Returns the parts, or every failing layer with its reason.
 pub fn quantize_rows(
@@ -388,14 +256,7 @@ pub fn quantize_rows(
     if !failures.is_empty() {
         return Err(failures);
     }
-    let scales = match spec.scale_dtype {
-        ScaleDtype::F32 => Buffer::from_vec(scales),
-        // Scales were rounded up to these dtypes already, so the conversion is exact.
-        ScaleDtype::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
-        ScaleDtype::BF16 => {
-            Buffer::from_vec(scales.iter().map(|&s| half::bf16::from_f32(s).to_bits()).collect::<Vec<u16>>())
-        }
-    };
+    let scales = crate::files::output::scale_buffer(scales, spec.scale_dtype);
     let parts = TableParts {
         names: layers.iter().map(|(n, _)| n.clone()).collect(),
         codes: Buffer::from_vec(codes),
@@ -406,6 +267,7 @@ pub fn quantize_rows(
         zp_offsets,
         shapes: layers.iter().map(|(_, v)| v.shape().to_vec()).collect(),
         spec: *spec,
+        passthrough: false,
     };
     Ok((parts, stats))
 }

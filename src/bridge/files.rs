@@ -1,0 +1,170 @@
+//! The main job from Python: `quantize_file`, `dequantize_file`, `inspect_file` over
+//! [`crate::files`]. The job runs with the GIL released; it takes the GIL back only to call
+//! the caller's `select` and `progress` callables (and to notice Ctrl-C).
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::bridge::errors::LayerError;
+use crate::bridge::functions::spec_from_options;
+use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
+use crate::error::Error;
+use crate::files::checkpoint::Checkpoint;
+use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport};
+
+fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &r.name)?;
+    d.set_item("dtype", &r.dtype)?;
+    d.set_item("shape", &r.shape)?;
+    d.set_item("quantized", r.quantized)?;
+    d.set_item("bits", if r.quantized { Some(bits) } else { None })?;
+    d.set_item("sqnr_db", r.stats.map(|s| s.sqnr_db))?;
+    d.set_item("max_abs_error", r.stats.map(|s| s.max_abs_error))?;
+    d.set_item("mse", r.stats.map(|s| s.mse))?;
+    d.set_item("input_bytes", r.input_bytes)?;
+    d.set_item("output_bytes", r.output_bytes)?;
+    d.set_item("compression", r.input_bytes as f64 / r.output_bytes.max(1) as f64)?;
+    Ok(d)
+}
+
+/// A Python error raised inside a callback, carried through the Rust job.
+struct CallbackError(PyErr);
+
+/// Run `job` detached; `callback_error` receives a Python exception raised by a callback.
+fn run_job<T: Send>(
+    py: Python<'_>,
+    job: impl FnOnce(&mut Option<CallbackError>) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut callback_error: Option<CallbackError> = None;
+    let result = py.detach(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut callback_error)))
+            .unwrap_or_else(|_| Err(Error::Internal("a Rust panic was contained; no output was written".into())))
+    });
+    if let Some(CallbackError(e)) = callback_error {
+        return Err(e);
+    }
+    result.map_err(|e| LayerError::new("", e).into_pyerr(py))
+}
+
+/// `quantize_file(input, output, *, bits, group_size, symmetric, granularity, scale_dtype,
+/// force, select, progress)`: returns one report dict per tensor, in file order.
+#[pyfunction]
+#[pyo3(signature = (input, output, *, bits=4, group_size=Some(128), symmetric=false, granularity="group", scale_dtype="float32", force=false, select=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_file<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    output: PathBuf,
+    bits: i64,
+    group_size: Option<i64>,
+    symmetric: bool,
+    granularity: &str,
+    scale_dtype: &str,
+    force: bool,
+    select: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let spec = spec_from_options(py, "file", bits, group_size, symmetric, granularity, scale_dtype, true, true)?;
+    let mut timer = PhaseTimer::start();
+    let reports = run_job(py, |callback_error| {
+        let select_error = std::sync::Mutex::new(None::<PyErr>);
+        let select_fn = |e: &crate::files::checkpoint::Entry| -> bool {
+            let Some(f) = &select else { return true };
+            Python::attach(|py| match f.bind(py).call1((&e.name,)).and_then(|r| r.is_truthy()) {
+                Ok(keep) => keep,
+                Err(err) => {
+                    select_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
+                    false
+                }
+            })
+        };
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| -> crate::Result<()> {
+            Python::attach(|py| {
+                let outcome = py.check_signals().and_then(|()| match &progress {
+                    Some(f) => f.bind(py).call1((report_dict(py, r, spec.bits)?, done, total)).map(drop),
+                    None => Ok(()),
+                });
+                outcome.map_err(|e| {
+                    *callback_error = Some(CallbackError(e));
+                    Error::Internal("stopped by a callback".into())
+                })
+            })
+        };
+        let result = quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer);
+        if let Some(e) = select_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            *callback_error = Some(CallbackError(e));
+        }
+        result
+    })?;
+    let list = PyList::empty(py);
+    for r in &reports {
+        list.append(report_dict(py, r, spec.bits)?)?;
+    }
+    let rec = CallRecord {
+        api: "quantize_file".into(),
+        tensors: reports.iter().filter(|r| r.quantized).count(),
+        input_bytes: reports.iter().map(|r| r.input_bytes).sum(),
+        output_bytes: reports.iter().map(|r| r.output_bytes).sum(),
+        bytes_copied: reports.iter().map(|r| r.bytes_copied).sum(),
+        quantize_s: timer.lap(),
+        ..CallRecord::default()
+    };
+    record(py, &rec)?;
+    Ok(list)
+}
+
+/// `dequantize_file(input, output, *, force, progress)`: a quantbridge `.safetensors`
+/// output back to float32 tensors.
+#[pyfunction]
+#[pyo3(signature = (input, output, *, force=false, progress=None))]
+pub fn dequantize_file<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    output: PathBuf,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let reports = run_job(py, |callback_error| {
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| -> crate::Result<()> {
+            Python::attach(|py| {
+                let outcome = py.check_signals().and_then(|()| match &progress {
+                    Some(f) => f.bind(py).call1((report_dict(py, r, 0)?, done, total)).map(drop),
+                    None => Ok(()),
+                });
+                outcome.map_err(|e| {
+                    *callback_error = Some(CallbackError(e));
+                    Error::Internal("stopped by a callback".into())
+                })
+            })
+        };
+        dequantize_checkpoint(&input, &output, force, &mut on_layer)
+    })?;
+    let list = PyList::empty(py);
+    for r in &reports {
+        list.append(report_dict(py, r, 0)?)?;
+    }
+    Ok(list)
+}
+
+/// `inspect_file(path)`: `{"path", "metadata", "tensors": [{"name", "dtype", "shape", "nbytes"}]}`.
+#[pyfunction]
+pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
+    let ck = Checkpoint::open(&path).map_err(|e| LayerError::new("", e).into_pyerr(py))?;
+    let d = PyDict::new(py);
+    d.set_item("path", ck.path.to_string_lossy().into_owned())?;
+    d.set_item("metadata", ck.metadata.clone())?;
+    let tensors = PyList::empty(py);
+    for e in ck.entries() {
+        let t = PyDict::new(py);
+        t.set_item("name", &e.name)?;
+        t.set_item("dtype", &e.dtype)?;
+        t.set_item("shape", &e.shape)?;
+        t.set_item("nbytes", e.nbytes)?;
+        tensors.append(t)?;
+    }
+    d.set_item("tensors", tensors)?;
+    Ok(d)
+}

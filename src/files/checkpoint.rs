@@ -1,0 +1,339 @@
+//! Opening a checkpoint: a `.safetensors` file, a sharded checkpoint (its
+//! `model.safetensors.index.json`, or the folder holding it), or an Arrow IPC file with the
+//! §5 input columns. Everything is memory-mapped; tensors are read where they lie.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_data::ArrayData;
+use arrow_ipc::convert::try_fb_to_schema;
+use arrow_ipc::reader::{read_footer_length, FileDecoder};
+use arrow_ipc::root_as_footer;
+use arrow_schema::DataType;
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+
+use crate::arrow_table::{int_list_row, list_row};
+use crate::error::{Error, Result};
+use crate::files::{bad_file, io_error, mmap};
+use crate::quant::{DType, ElemSlice, TensorView};
+
+/// One tensor of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Tensor name.
+    pub name: String,
+    /// safetensors dtype name ("F32", "BF16", "I64", …).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub nbytes: usize,
+    loc: Loc,
+}
+
+#[derive(Debug, Clone)]
+enum Loc {
+    /// Bytes `start..end` of map `map`.
+    Mapped { map: usize, start: usize, end: usize },
+    /// `len` values from logical index `start` of an Arrow float array (in a mapped file).
+    Arrow { values: ArrayData, start: usize, len: usize },
+}
+
+impl Entry {
+    /// The engine dtype, for the float tensors quantbridge quantizes.
+    pub fn float_dtype(&self) -> Option<DType> {
+        match self.dtype.as_str() {
+            "F32" => Some(DType::F32),
+            "F16" => Some(DType::F16),
+            "BF16" => Some(DType::BF16),
+            "F64" => Some(DType::F64),
+            _ => None,
+        }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An open checkpoint.
+pub struct Checkpoint {
+    /// What was opened.
+    pub path: PathBuf,
+    maps: Vec<Arc<Mmap>>,
+    entries: Vec<Entry>,
+    /// The `__metadata__` of a safetensors file (of the first shard), or the Arrow schema's.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Memory that a view may need when the mapped bytes are not aligned for their dtype.
+#[derive(Default)]
+pub struct Scratch(Vec<u64>);
+
+fn safetensors_dtype(dt: safetensors::Dtype) -> String {
+    format!("{dt:?}")
+}
+
+impl Checkpoint {
+    /// Open `path` (see the module docs for what it may be).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let index = path.join("model.safetensors.index.json");
+            if index.is_file() {
+                return Self::open_index(&index);
+            }
+            let single = path.join("model.safetensors");
+            if single.is_file() {
+                return Self::open_safetensors(&single);
+            }
+            return Err(bad_file(path, "a folder without model.safetensors[.index.json]", "pass the checkpoint file itself"));
+        }
+        if !path.exists() {
+            return Err(Error::Io(format!("no such file: {}", path.display())));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".index.json") {
+            return Self::open_index(path);
+        }
+        let map = mmap::map(path)?;
+        if map.starts_with(b"ARROW1") {
+            return Self::open_arrow(path, map);
+        }
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        ck.add_safetensors(path, map)?;
+        Ok(ck)
+    }
+
+    fn open_safetensors(path: &Path) -> Result<Self> {
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        ck.add_safetensors(path, mmap::map(path)?)?;
+        Ok(ck)
+    }
+
+    fn add_safetensors(&mut self, path: &Path, map: Arc<Mmap>) -> Result<()> {
+        let st = SafeTensors::deserialize(&map).map_err(|e| {
+            bad_file(path, format!("an unreadable safetensors file ({e})"), "re-export the checkpoint; this file is truncated or corrupt")
+        })?;
+        if self.maps.is_empty() {
+            if let Ok((_, meta)) = SafeTensors::read_metadata(&map) {
+                if let Some(m) = meta.metadata() {
+                    self.metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        let base = map.as_ptr() as usize;
+        let index = self.maps.len();
+        let mut found: Vec<Entry> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let start = t.data().as_ptr() as usize - base;
+                Entry {
+                    name,
+                    dtype: safetensors_dtype(t.dtype()),
+                    shape: t.shape().to_vec(),
+                    nbytes: t.data().len(),
+                    loc: Loc::Mapped { map: index, start, end: start + t.data().len() },
+                }
+            })
+            .collect();
+        found.sort_by_key(|e| match e.loc {
+            Loc::Mapped { start, .. } => start,
+            Loc::Arrow { .. } => 0,
+        });
+        self.entries.extend(found);
+        self.maps.push(map);
+        Ok(())
+    }
+
+    fn open_index(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| io_error(index, "read", &e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad_file(index, format!("an index that is not JSON ({e})"), "re-export the checkpoint index"))?;
+        let Some(weight_map) = json.get("weight_map").and_then(|w| w.as_object()) else {
+            return Err(bad_file(index, "an index without a \"weight_map\" object", "re-export the checkpoint index"));
+        };
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<String> = Vec::new();
+        for file in weight_map.values() {
+            let Some(file) = file.as_str() else {
+                return Err(bad_file(index, "a weight_map value that is not a file name", "re-export the checkpoint index"));
+            };
+            if !shards.iter().any(|s| s == file) {
+                shards.push(file.to_owned());
+            }
+        }
+        shards.sort();
+        let mut ck = Checkpoint { path: index.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        for shard in &shards {
+            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                return Err(bad_file(index, format!("a shard path {shard:?} outside the checkpoint folder"), "fix the index"));
+            }
+            let path = dir.join(shard);
+            ck.add_safetensors(&path, mmap::map(&path)?)?;
+        }
+        let names: HashMap<&str, ()> = ck.entries.iter().map(|e| (e.name.as_str(), ())).collect();
+        if let Some(missing) = weight_map.keys().find(|k| !names.contains_key(k.as_str())) {
+            return Err(bad_file(index, format!("tensor {missing:?} listed in the index but in no shard"), "re-export the checkpoint"));
+        }
+        Ok(ck)
+    }
+
+    fn open_arrow(path: &Path, map: Arc<Mmap>) -> Result<Self> {
+        let corrupt = |what: String| bad_file(path, what, "re-export the Arrow IPC file (pyarrow.ipc.new_file)");
+        let buffer = mmap::arrow_buffer(&map);
+        if buffer.len() < 16 {
+            return Err(corrupt("an Arrow IPC file too short for a footer".into()));
+        }
+        let trailer_start = buffer.len() - 10;
+        let trailer: [u8; 10] = buffer[trailer_start..].try_into().expect("10 bytes");
+        let footer_len = read_footer_length(trailer).map_err(|e| corrupt(format!("an unreadable footer ({e})")))?;
+        if footer_len > trailer_start {
+            return Err(corrupt("a footer longer than the file".into()));
+        }
+        let footer = root_as_footer(&buffer[trailer_start - footer_len..trailer_start])
+            .map_err(|e| corrupt(format!("an unreadable footer ({e})")))?;
+        let schema = footer.schema().ok_or_else(|| corrupt("no schema".into()))?;
+        let schema = Arc::new(try_fb_to_schema(schema).map_err(|e| corrupt(format!("an unreadable schema ({e})")))?);
+        let decoder = FileDecoder::new(schema.clone(), footer.version());
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for block in footer.recordBatches().into_iter().flatten() {
+            let len = block.bodyLength() as usize + block.metaDataLength() as usize;
+            let offset = block.offset() as usize;
+            if offset.checked_add(len).is_none_or(|end| end > buffer.len()) {
+                return Err(corrupt("a record batch block past the end of the file".into()));
+            }
+            let data = buffer.slice_with_length(offset, len);
+            let batch = decoder
+                .read_record_batch(block, &data)
+                .map_err(|e| corrupt(format!("an unreadable record batch ({e})")))?;
+            if let Some(batch) = batch {
+                batches.push(batch);
+            }
+        }
+        let mut ck = Checkpoint {
+            path: path.to_owned(),
+            maps: vec![map],
+            entries: vec![],
+            metadata: schema.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        for batch in &batches {
+            ck.add_arrow_rows(path, batch)?;
+        }
+        Ok(ck)
+    }
+
+    fn add_arrow_rows(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
+        let column = |name: &str| batch.column_by_name(name);
+        let fix = "write the table with columns layer_name (utf8), weights (list of float) and optional shape (list of int)";
+        let (Some(names), Some(weights)) = (column("layer_name"), column("weights")) else {
+            return Err(bad_file(path, "an Arrow table without layer_name and weights columns", fix));
+        };
+        let names = names
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| bad_file(path, format!("a layer_name column of type {}", names.data_type()), fix))?;
+        let weights = weights.to_data();
+        let value_type = match weights.data_type() {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => f.data_type().clone(),
+            other => return Err(bad_file(path, format!("a weights column of type {other}"), fix)),
+        };
+        let dtype = match value_type {
+            DataType::Float32 => "F32",
+            DataType::Float16 => "F16",
+            DataType::Float64 => "F64",
+            other => return Err(bad_file(path, format!("weights of type {other}"), fix)),
+        };
+        let shapes = column("shape").map(|s| s.to_data());
+        for row in 0..batch.num_rows() {
+            if names.is_null(row) || weights.is_null(row) {
+                return Err(bad_file(path, format!("a null in row {row}"), "drop or fill the row"));
+            }
+            let name = names.value(row).to_owned();
+            let (start, len) = list_row(&weights, row).expect("a list type (checked)");
+            let values = weights.child_data()[0].clone();
+            if let Some(nulls) = values.nulls() {
+                if (start..start + len).any(|i| nulls.is_null(i)) {
+                    return Err(bad_file(path, format!("a null weight in layer {name:?}"), "fill the nulls"));
+                }
+            }
+            let shape = match &shapes {
+                Some(s) if !s.is_null(row) => {
+                    let shape = int_list_row(s, row)
+                        .ok_or_else(|| bad_file(path, "a shape column that is not a list of integers", fix))?;
+                    let dims: Option<Vec<usize>> = shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+                    match dims {
+                        Some(d) if d.iter().product::<usize>() == len => d,
+                        _ => return Err(bad_file(path, format!("shape {shape:?} for {len} weights in layer {name:?}"), fix)),
+                    }
+                }
+                _ => vec![len],
+            };
+            let itemsize = match dtype { "F16" => 2, "F64" => 8, _ => 4 };
+            self.entries.push(Entry {
+                name,
+                dtype: dtype.to_owned(),
+                shape,
+                nbytes: len * itemsize,
+                loc: Loc::Arrow { values, start, len },
+            });
+        }
+        Ok(())
+    }
+
+    /// Every tensor, in file order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.nbytes).sum()
+    }
+
+    /// The raw little-endian bytes of `entry`, in place.
+    pub fn raw_bytes<'a>(&'a self, entry: &'a Entry) -> &'a [u8] {
+        match &entry.loc {
+            Loc::Mapped { map, start, end } => &self.maps[*map][*start..*end],
+            Loc::Arrow { values, start, len } => {
+                let dtype = entry.float_dtype().expect("Arrow entries are floats");
+                let size = dtype.itemsize();
+                let first = (values.offset() + start) * size;
+                &values.buffers()[0].as_slice()[first..first + len * size]
+            }
+        }
+    }
+
+    /// A view of float `entry`, borrowing the map; when the mapped bytes are not aligned
+    /// for their dtype they are copied once into `scratch` (returns the bytes copied).
+    pub fn view<'a>(&'a self, entry: &'a Entry, scratch: &'a mut Scratch) -> Result<(TensorView<'a>, usize)> {
+        let dtype = entry.float_dtype().ok_or_else(|| Error::Internal(format!("{} is not a float tensor", entry.name)))?;
+        let bytes = self.raw_bytes(entry);
+        let (data, copied) = match typed(bytes, dtype) {
+            Some(data) => (data, 0),
+            None => {
+                scratch.0 = vec![0u64; bytes.len().div_ceil(8)];
+                let aligned = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut scratch.0)[..bytes.len()];
+                aligned.copy_from_slice(bytes);
+                (typed(aligned, dtype).expect("u64 storage is aligned for every float"), bytes.len())
+            }
+        };
+        Ok((TensorView::contiguous(data, entry.shape.clone())?, copied))
+    }
+}
+
+/// `bytes` as a slice of `dtype`, when aligned (little-endian hosts; safetensors and Arrow
+/// are little-endian).
+fn typed(bytes: &[u8], dtype: DType) -> Option<ElemSlice<'_>> {
+    Some(match dtype {
+        DType::F32 => ElemSlice::F32(bytemuck::try_cast_slice::<u8, f32>(bytes).ok()?),
+        DType::F16 => ElemSlice::F16(bytemuck::try_cast_slice::<u8, f16>(bytes).ok()?),
+        DType::BF16 => ElemSlice::BF16(bytemuck::try_cast_slice::<u8, bf16>(bytes).ok()?),
+        DType::F64 => ElemSlice::F64(bytemuck::try_cast_slice::<u8, f64>(bytes).ok()?),
+    })
+}

@@ -1,0 +1,397 @@
+//! The main job: quantize (or dequantize) a checkpoint tensor by tensor, in bounded memory,
+//! into a temporary file that is renamed over the output only once it is complete.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::arrow_table::spec_json;
+use crate::error::{Error, Problem, Result};
+use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
+use crate::files::output::{scale_bytes, scale_dtype_name, static_dtype, ArrowWriter, HeaderEntry, SafetensorsWriter};
+use crate::files::{bad_file, io_error};
+use crate::quant::{
+    output_sizes, quantize_into, zeroed, DType, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
+    Scales, Stats,
+};
+
+/// What happened to one tensor.
+#[derive(Debug, Clone)]
+pub struct LayerReport {
+    /// Tensor name.
+    pub name: String,
+    /// Source dtype (safetensors name).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Quantized (else passed through unchanged).
+    pub quantized: bool,
+    /// Error statistics of a quantized tensor.
+    pub stats: Option<Stats>,
+    /// Bytes read.
+    pub input_bytes: usize,
+    /// Bytes written.
+    pub output_bytes: usize,
+    /// Bytes copied to align a misaligned mapped tensor (0 normally).
+    pub bytes_copied: usize,
+}
+
+/// Output formats, chosen by the output's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    Arrow,
+}
+
+fn output_format(path: &Path) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => Ok(Format::Safetensors),
+        Some("arrow") | Some("ipc") | Some("feather") => Ok(Format::Arrow),
+        _ => Err(Error::validation(
+            format!("output {}", path.display()),
+            "an output ending in .safetensors or .arrow",
+            "name the output e.g. model-int4.safetensors or model-int4.arrow",
+        )),
+    }
+}
+
+/// The output file while it is written: a hidden temporary beside the final path, removed
+/// unless [`TempOutput::commit`] renames it into place.
+struct TempOutput {
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl TempOutput {
+    fn create(target: &Path, force: bool) -> Result<(Self, File)> {
+        if target.exists() && !force {
+            return Err(Error::Io(format!("{} already exists; pass --force to overwrite it", target.display())));
+        }
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Io(format!("cannot write {}: no such folder {}", target.display(), dir.display())));
+        }
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+        let temp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        let file = File::create(&temp).map_err(|e| io_error(target, "write", &e))?;
+        Ok((TempOutput { temp, target: target.to_owned(), committed: false }, file))
+    }
+
+    fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.target).map_err(|e| io_error(&self.target, "write", &e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Name the tensor in a caller-fixable error.
+fn in_tensor(name: &str, e: Error) -> Error {
+    match e {
+        Error::Validation(p) => Error::Validation(Problem { found: format!("tensor {name:?}: {}", p.found), ..p }),
+        Error::NonFinite { index, value } => Error::validation(
+            format!("tensor {name:?}: a non-finite value ({value}) at flat index {index}"),
+            "only finite values",
+            "fix the checkpoint, or --exclude this tensor",
+        ),
+        other => other,
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Quantize every float tensor of `input` that `select` accepts into `output`
+/// (`.safetensors` or `.arrow`); everything else passes through unchanged. `on_layer` is
+/// called after each tensor with `(report, bytes done, bytes total)`; an error from it
+/// stops the job (and no output is left behind).
+pub fn quantize_checkpoint(
+    input: &Path,
+    output: &Path,
+    spec: &QuantSpec,
+    force: bool,
+    select: &dyn Fn(&Entry) -> bool,
+    on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
+) -> Result<Vec<LayerReport>> {
+    spec.validate()?;
+    let spec = QuantSpec { stats: true, ..*spec };
+    let format = output_format(output)?;
+    if same_file(input, output) {
+        return Err(Error::Io(format!("{} is the input; write the output to another file", output.display())));
+    }
+    let ck = Checkpoint::open(input)?;
+    let quantize: Vec<bool> = ck
+        .entries()
+        .iter()
+        .map(|e| e.float_dtype().is_some() && !e.shape.is_empty() && e.numel() > 0 && select(e))
+        .collect();
+    let (temp, file) = TempOutput::create(output, force)?;
+    let mut sink = match format {
+        Format::Safetensors => {
+            let mut header = Vec::new();
+            let mut tensors = serde_json::Map::new();
+            for (e, &q) in ck.entries().iter().zip(&quantize) {
+                if q {
+                    let (c, s, z) = output_sizes(&e.shape, &spec);
+                    let cols = e.shape[e.shape.len() - 1];
+                    let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
+                    let size = scale_itemsize(spec.scale_dtype);
+                    header.push(HeaderEntry { name: format!("{}.codes", e.name), dtype: "U8", shape: vec![c], nbytes: c });
+                    header.push(HeaderEntry {
+                        name: format!("{}.scales", e.name),
+                        dtype: scale_dtype_name(spec.scale_dtype),
+                        shape: scales_shape.clone(),
+                        nbytes: s * size,
+                    });
+                    if z > 0 {
+                        header.push(HeaderEntry { name: format!("{}.zero_points", e.name), dtype: "U8", shape: scales_shape, nbytes: z });
+                    }
+                    tensors.insert(e.name.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape}));
+                } else {
+                    header.push(HeaderEntry { name: e.name.clone(), dtype: static_dtype(&e.dtype), shape: e.shape.clone(), nbytes: e.nbytes });
+                }
+            }
+            let mut metadata = BTreeMap::new();
+            metadata.insert("format".to_owned(), "quantbridge".to_owned());
+            metadata.insert("quantbridge.spec".to_owned(), spec_json(&spec));
+            metadata.insert("quantbridge.tensors".to_owned(), serde_json::Value::Object(tensors).to_string());
+            Sink::Safetensors(SafetensorsWriter::create(file, output, header, metadata)?)
+        }
+        Format::Arrow => {
+            let passthrough: BTreeMap<String, String> = ck
+                .entries()
+                .iter()
+                .zip(&quantize)
+                .filter(|(_, &q)| !q)
+                .map(|(e, _)| (e.name.clone(), e.dtype.clone()))
+                .collect();
+            Sink::Arrow(ArrowWriter::create(file, output, &spec, &passthrough)?)
+        }
+    };
+    let total = ck.data_bytes();
+    let mut done = 0;
+    let mut reports = Vec::with_capacity(ck.entries().len());
+    let mut scratch = Scratch::default();
+    for (e, &q) in ck.entries().iter().zip(&quantize) {
+        let report = if q {
+            let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
+            let (c, s, z) = output_sizes(&e.shape, &spec);
+            let (mut codes, mut scales, mut zps) = (zeroed::<u8>(c)?, zeroed::<f32>(s)?, zeroed::<u8>(z)?);
+            let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
+            let stats = quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
+            let output_bytes = c + s * scale_itemsize(spec.scale_dtype) + z;
+            sink.quantized(e, codes, scales, zps, spec.scale_dtype)?;
+            LayerReport {
+                name: e.name.clone(),
+                dtype: e.dtype.clone(),
+                shape: e.shape.clone(),
+                quantized: true,
+                stats,
+                input_bytes: e.nbytes,
+                output_bytes,
+                bytes_copied: copied,
+            }
+        } else {
+            sink.passthrough(e, ck.raw_bytes(e))?;
+            LayerReport {
+                name: e.name.clone(),
+                dtype: e.dtype.clone(),
+                shape: e.shape.clone(),
+                quantized: false,
+                stats: None,
+                input_bytes: e.nbytes,
+                output_bytes: e.nbytes,
+                bytes_copied: 0,
+            }
+        };
+        done += e.nbytes;
+        on_layer(&report, done, total)?;
+        reports.push(report);
+    }
+    sink.finish()?;
+    temp.commit()?;
+    Ok(reports)
+}
+
+fn scale_itemsize(dtype: ScaleDtype) -> usize {
+    match dtype {
+        ScaleDtype::F32 => 4,
+        ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+    }
+}
+
+enum Sink {
+    Safetensors(SafetensorsWriter),
+    Arrow(ArrowWriter),
+}
+
+impl Sink {
+    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDtype) -> Result<()> {
+        match self {
+            Sink::Safetensors(w) => {
+                w.write(&format!("{}.codes", e.name), &codes)?;
+                w.write(&format!("{}.scales", e.name), &scale_bytes(&scales, dtype))?;
+                if !zps.is_empty() {
+                    w.write(&format!("{}.zero_points", e.name), &zps)?;
+                }
+                Ok(())
+            }
+            Sink::Arrow(w) => w.quantized(&e.name, &e.shape, codes, scales, zps),
+        }
+    }
+
+    fn passthrough(&mut self, e: &Entry, bytes: &[u8]) -> Result<()> {
+        match self {
+            Sink::Safetensors(w) => w.write(&e.name, bytes),
+            Sink::Arrow(w) => w.passthrough(&e.name, &e.shape, bytes),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Safetensors(w) => w.finish(),
+            Sink::Arrow(w) => w.finish(),
+        }
+    }
+}
+
+/// The spec a quantized file's metadata records.
+pub fn parse_spec(path: &Path, json: &str) -> Result<QuantSpec> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| bad_file(path, format!("unreadable quantbridge.spec metadata ({e})"), "re-create the file with quantbridge quantize"))?;
+    let bits = v["bits"].as_i64().unwrap_or(0);
+    let group = v["group_size"].as_i64();
+    let granularity = v["granularity"].as_str().unwrap_or("group");
+    let symmetric = v["symmetric"].as_bool().unwrap_or(false);
+    let scale_dtype = v["scale_dtype"].as_str().unwrap_or("float32");
+    let packed = v["packed"].as_bool().unwrap_or(true);
+    QuantSpec::from_options(bits, group, symmetric, granularity, scale_dtype, packed, false)
+}
+
+/// Dequantize a quantbridge `.safetensors` output back to float32 tensors (pass-through
+/// tensors are copied unchanged) into `output` (`.safetensors`).
+pub fn dequantize_checkpoint(
+    input: &Path,
+    output: &Path,
+    force: bool,
+    on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
+) -> Result<Vec<LayerReport>> {
+    if output_format(output)? != Format::Safetensors {
+        return Err(Error::validation(
+            format!("output {}", output.display()),
+            "a .safetensors output for dequantized tensors",
+            "name the output e.g. model-restored.safetensors",
+        ));
+    }
+    let ck = Checkpoint::open(input)?;
+    let not_ours = || bad_file(input, "a file without quantbridge metadata", "pass a file written by quantbridge quantize");
+    let spec = parse_spec(input, ck.metadata.get("quantbridge.spec").ok_or_else(not_ours)?)?;
+    let tensors: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(ck.metadata.get("quantbridge.tensors").ok_or_else(not_ours)?).map_err(|_| not_ours())?;
+    let by_name: BTreeMap<&str, &Entry> = ck.entries().iter().map(|e| (e.name.as_str(), e)).collect();
+    let part_names: std::collections::HashSet<String> = tensors
+        .keys()
+        .flat_map(|n| [format!("{n}.codes"), format!("{n}.scales"), format!("{n}.zero_points")])
+        .collect();
+    // Output order: the input's, with each quantized triple replaced by its tensor.
+    let mut plan: Vec<(String, Option<&Entry>)> = Vec::new();
+    for e in ck.entries() {
+        if let Some(base) = e.name.strip_suffix(".codes").filter(|b| tensors.contains_key(*b)) {
+            plan.push((base.to_owned(), None));
+        } else if !part_names.contains(&e.name) {
+            plan.push((e.name.clone(), Some(e)));
+        }
+    }
+    let shape_of = |name: &str| -> Result<Vec<usize>> {
+        tensors[name]["shape"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad_file(input, format!("no shape recorded for {name:?}"), "re-create the file"))
+    };
+    let mut header = Vec::new();
+    for (name, passthrough) in &plan {
+        match passthrough {
+            Some(e) => header.push(HeaderEntry { name: name.clone(), dtype: static_dtype(&e.dtype), shape: e.shape.clone(), nbytes: e.nbytes }),
+            None => {
+                let shape = shape_of(name)?;
+                let n: usize = shape.iter().product();
+                header.push(HeaderEntry { name: name.clone(), dtype: "F32", shape, nbytes: n * 4 });
+            }
+        }
+    }
+    let (temp, file) = TempOutput::create(output, force)?;
+    let mut writer = SafetensorsWriter::create(file, output, header, BTreeMap::new())?;
+    let total = ck.data_bytes();
+    let mut done = 0;
+    let mut reports = Vec::new();
+    for (name, passthrough) in &plan {
+        let report = match passthrough {
+            Some(e) => {
+                writer.write(name, ck.raw_bytes(e))?;
+                done += e.nbytes;
+                LayerReport { name: name.clone(), dtype: e.dtype.clone(), shape: e.shape.clone(), quantized: false, stats: None, input_bytes: e.nbytes, output_bytes: e.nbytes, bytes_copied: 0 }
+            }
+            None => {
+                let shape = shape_of(name)?;
+                let part = |suffix: &str| by_name.get(format!("{name}.{suffix}").as_str()).copied();
+                let (Some(codes), Some(scales)) = (part("codes"), part("scales")) else {
+                    return Err(bad_file(input, format!("missing codes or scales for {name:?}"), "re-create the file"));
+                };
+                let zps = part("zero_points");
+                let q = rebuild(input, name, &shape, &spec, ck.raw_bytes(codes), ck.raw_bytes(scales), zps.map(|z| ck.raw_bytes(z)))?;
+                let values = q.dequantize();
+                writer.write(name, bytemuck::cast_slice(&values))?;
+                let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
+                done += input_bytes;
+                LayerReport { name: name.clone(), dtype: "F32".into(), shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 }
+            }
+        };
+        on_layer(&report, done, total)?;
+        reports.push(report);
+    }
+    writer.finish()?;
+    temp.commit()?;
+    Ok(reports)
+}
+
+/// A [`Quantized`] from stored parts, checked against the sizes the spec implies.
+fn rebuild(path: &Path, name: &str, shape: &[usize], spec: &QuantSpec, codes: &[u8], scales: &[u8], zps: Option<&[u8]>) -> Result<Quantized> {
+    let (c, s, z) = output_sizes(shape, spec);
+    let scale_size = scale_itemsize(spec.scale_dtype);
+    if codes.len() != c || scales.len() != s * scale_size || zps.map_or(0, <[u8]>::len) != z {
+        return Err(bad_file(path, format!("parts of {name:?} whose sizes do not match its shape and spec"), "re-create the file"));
+    }
+    let scales = match spec.scale_dtype {
+        ScaleDtype::F32 => Scales::F32(scales.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        ScaleDtype::F16 => Scales::F16(scales.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
+        ScaleDtype::BF16 => Scales::BF16(scales.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect()),
+    };
+    let cols = shape[shape.len() - 1];
+    let rows = if cols == 0 { 0 } else { shape.iter().product::<usize>() / cols };
+    Ok(Quantized {
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+        spec: *spec,
+        layout: Layout::new(rows, cols, spec.granularity),
+        codes: codes.to_vec(),
+        scales,
+        zero_points: zps.map(<[u8]>::to_vec),
+        stats: None,
+    })
+}

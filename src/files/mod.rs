@@ -1,0 +1,26 @@
+//! Checkpoint files (SPEC §6), pure Rust: safetensors and Arrow IPC in (memory-mapped, each
+//! tensor viewed in place as an engine [`TensorView`](crate::quant::TensorView) that
+//! borrows the map), safetensors and Arrow IPC out, one tensor at a time.
+//!
+//! The only `unsafe` here is in [`mmap`]: mapping a file, and lending the map to Arrow.
+
+pub mod checkpoint;
+pub mod job;
+pub mod mmap;
+pub mod output;
+
+use crate::error::Error;
+
+/// An I/O error on `path`, as one line a user can act on.
+pub fn io_error(path: &std::path::Path, what: &str, e: &std::io::Error) -> Error {
+    Error::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// A corrupt or unsupported file.
+pub fn bad_file(path: &std::path::Path, found: impl Into<String>, fix: &str) -> Error {
+    Error::validation(
+        format!("{}: {}", path.display(), found.into()),
+        "a valid .safetensors file (or sharded index) or an Arrow IPC file with columns layer_name, weights[, shape]",
+        fix,
+    )
+}

@@ -1,0 +1,209 @@
+//! Writers, one tensor at a time: a safetensors file whose header is known before the
+//! first tensor is quantized (sizes follow from shapes and the spec), and an Arrow IPC
+//! file of §5 output rows.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use arrow_buffer::Buffer;
+use arrow_ipc::writer::FileWriter;
+use half::{bf16, f16};
+
+use crate::arrow_table::{output_schema, spec_json, TableParts};
+use crate::error::{Error, Result};
+use crate::files::io_error;
+use crate::quant::{QuantSpec, ScaleDtype};
+
+/// One tensor of a safetensors header.
+#[derive(Debug, Clone)]
+pub struct HeaderEntry {
+    /// Name.
+    pub name: String,
+    /// safetensors dtype name.
+    pub dtype: &'static str,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub nbytes: usize,
+}
+
+/// A safetensors file written front to back: the header first, then each tensor's bytes
+/// in header order.
+pub struct SafetensorsWriter {
+    out: BufWriter<File>,
+    path: std::path::PathBuf,
+    expected: std::vec::IntoIter<HeaderEntry>,
+}
+
+/// The safetensors name of a dtype string coming from an input header.
+pub fn static_dtype(name: &str) -> &'static str {
+    const KNOWN: [&str; 20] = [
+        "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
+        "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64",
+    ];
+    KNOWN.into_iter().find(|k| *k == name).unwrap_or("U8")
+}
+
+impl SafetensorsWriter {
+    /// Write the header for `entries` (in this order) and `metadata`.
+    pub fn create(file: File, path: &Path, entries: Vec<HeaderEntry>, metadata: BTreeMap<String, String>) -> Result<Self> {
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(&metadata).expect("strings serialize"));
+        }
+        let mut offset = 0usize;
+        for e in &entries {
+            let end = offset + e.nbytes;
+            header.insert(
+                e.name.clone(),
+                serde_json::json!({"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut text = serde_json::to_string(&header).expect("JSON serializes");
+        // Pad with spaces so tensor data starts 8-byte aligned, as the safetensors format advises.
+        while (text.len() + 8) % 8 != 0 {
+            text.push(' ');
+        }
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let io = |e: std::io::Error| io_error(path, "write", &e);
+        out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(text.as_bytes()).map_err(io)?;
+        Ok(SafetensorsWriter { out, path: path.to_owned(), expected: entries.into_iter() })
+    }
+
+    /// Write the next tensor's bytes (its parts in order, e.g. codes then nothing else).
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let Some(next) = self.expected.next() else {
+            return Err(Error::Internal(format!("{name}: written past the end of the header")));
+        };
+        if next.name != name || next.nbytes != bytes.len() {
+            return Err(Error::Internal(format!(
+                "{name} ({} bytes) written where the header promised {} ({} bytes)",
+                bytes.len(),
+                next.name,
+                next.nbytes
+            )));
+        }
+        self.out.write_all(bytes).map_err(|e| io_error(&self.path, "write", &e))
+    }
+
+    /// Flush everything to disk.
+    pub fn finish(self) -> Result<()> {
+        if let Some(missing) = self.expected.as_slice().first() {
+            return Err(Error::Internal(format!("{} was never written", missing.name)));
+        }
+        let path = self.path.clone();
+        let file = self.out.into_inner().map_err(|e| io_error(&path, "write", e.error()))?;
+        file.sync_all().map_err(|e| io_error(&path, "write", &e))
+    }
+}
+
+/// Scales as stored bytes in their dtype (they were rounded to it, so this is exact).
+pub fn scale_bytes(scales: &[f32], dtype: ScaleDtype) -> Vec<u8> {
+    match dtype {
+        ScaleDtype::F32 => bytemuck::cast_slice(scales).to_vec(),
+        ScaleDtype::F16 => scales.iter().flat_map(|&s| f16::from_f32(s).to_le_bytes()).collect(),
+        ScaleDtype::BF16 => scales.iter().flat_map(|&s| bf16::from_f32(s).to_le_bytes()).collect(),
+    }
+}
+
+/// Scales as an Arrow buffer of their stored type (aligned for it).
+pub fn scale_buffer(scales: Vec<f32>, dtype: ScaleDtype) -> Buffer {
+    match dtype {
+        ScaleDtype::F32 => Buffer::from_vec(scales),
+        ScaleDtype::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
+        ScaleDtype::BF16 => Buffer::from_vec(scales.iter().map(|&s| bf16::from_f32(s).to_bits()).collect::<Vec<u16>>()),
+    }
+}
+
+/// The safetensors dtype name of a scale dtype.
+pub fn scale_dtype_name(dtype: ScaleDtype) -> &'static str {
+    match dtype {
+        ScaleDtype::F32 => "F32",
+        ScaleDtype::F16 => "F16",
+        ScaleDtype::BF16 => "BF16",
+    }
+}
+
+/// An Arrow IPC file of §5 output rows, one record batch per tensor.
+pub struct ArrowWriter {
+    writer: FileWriter<BufWriter<File>>,
+    path: std::path::PathBuf,
+    spec: QuantSpec,
+}
+
+impl ArrowWriter {
+    /// Start the file; `passthrough` (name → safetensors dtype) goes into the schema
+    /// metadata, since pass-through rows carry raw bytes.
+    pub fn create(file: File, path: &Path, spec: &QuantSpec, passthrough: &BTreeMap<String, String>) -> Result<Self> {
+        let mut schema = output_schema(spec);
+        let mut metadata = schema.metadata().clone();
+        metadata.insert("quantbridge.spec".to_owned(), spec_json(spec));
+        metadata.insert(
+            "quantbridge.passthrough".to_owned(),
+            serde_json::to_string(passthrough).expect("strings serialize"),
+        );
+        schema = schema.with_metadata(metadata);
+        let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
+            .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+        Ok(ArrowWriter { writer, path: path.to_owned(), spec: *spec })
+    }
+
+    fn arrow_io(&self, e: arrow_schema::ArrowError) -> Error {
+        Error::Io(format!("cannot write {}: {e}", self.path.display()))
+    }
+
+    /// One quantized tensor (its buffers move into the batch; nothing is copied).
+    pub fn quantized(&mut self, name: &str, shape: &[usize], codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>) -> Result<()> {
+        let parts = TableParts {
+            names: vec![name.to_owned()],
+            code_offsets: vec![0, codes.len() as i64],
+            codes: Buffer::from_vec(codes),
+            scale_offsets: vec![0, scales.len() as i32],
+            scales: scale_buffer(scales, self.spec.scale_dtype),
+            zp_offsets: vec![0, zps.len() as i32],
+            zero_points: Buffer::from_vec(zps),
+            shapes: vec![shape.to_vec()],
+            spec: self.spec,
+            passthrough: false,
+        };
+        self.write(parts)
+    }
+
+    /// One tensor passed through: its raw bytes as `codes`, `bits` 0.
+    pub fn passthrough(&mut self, name: &str, shape: &[usize], bytes: &[u8]) -> Result<()> {
+        let parts = TableParts {
+            names: vec![name.to_owned()],
+            code_offsets: vec![0, bytes.len() as i64],
+            codes: Buffer::from_vec(bytes.to_vec()),
+            scale_offsets: vec![0, 0],
+            // Empty, but aligned for any scale type.
+            scales: Buffer::from_vec(Vec::<u64>::new()),
+            zp_offsets: vec![0, 0],
+            zero_points: Buffer::from_vec(Vec::<u8>::new()),
+            shapes: vec![shape.to_vec()],
+            spec: self.spec,
+            passthrough: true,
+        };
+        self.write(parts)
+    }
+
+    fn write(&mut self, parts: TableParts) -> Result<()> {
+        let batch = parts.into_batch().map_err(|e| Error::Internal(format!("building an output row: {e}")))?;
+        let schema = self.writer.schema().clone();
+        let batch = batch.with_schema(schema).map_err(|e| Error::Internal(format!("output schema: {e}")))?;
+        self.writer.write(&batch).map_err(|e| self.arrow_io(e))
+    }
+
+    /// Write the footer and flush to disk.
+    pub fn finish(mut self) -> Result<()> {
+        self.writer.finish().map_err(|e| self.arrow_io(e))?;
+        let path = self.path.clone();
+        let out = self.writer.into_inner().map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+        let file = out.into_inner().map_err(|e| io_error(&path, "write", e.error()))?;
+        file.sync_all().map_err(|e| io_error(&path, "write", &e))
+    }
+}
