@@ -140,6 +140,24 @@ def quantize_arrow_batch(
     scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     _api: str | None = None,
 ) -> QuantizedTable: ...
+def quantize_file(
+    input: Any,
+    output: Any,
+    *,
+    bits: Literal[2, 4, 8] = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    granularity: Literal["group", "channel", "tensor"] = "group",
+    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    force: bool = False,
+    select: Callable[[str], bool] | None = None,
+    progress: Callable[[dict[str, Any], int, int], object] | None = None,
+) -> list[dict[str, Any]]: ...
+def dequantize_file(
+    input: Any, output: Any, *, force: bool = False,
+    progress: Callable[[dict[str, Any], int, int], object] | None = None,
+) -> list[dict[str, Any]]: ...
+def inspect_file(path: Any) -> dict[str, Any]: ...
 def metrics() -> dict[str, Any]: ...
 def reset_metrics() -> None: ...
 def configure_metrics(

@@ -286,6 +286,14 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Let the OS drop `entry`'s mapped pages from our resident set (see
+    /// [`mmap::release_pages`]); call once nothing borrows them any more.
+    pub fn release(&self, entry: &Entry) {
+        if let Loc::Mapped { map, start, end } = &entry.loc {
+            mmap::release_pages(&self.maps[*map], *start, *end);
+        }
+    }
+
     /// Every tensor, in file order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries

@@ -180,7 +180,7 @@ pub fn quantize_checkpoint(
                 .filter(|(_, &q)| !q)
                 .map(|(e, _)| (e.name.clone(), e.dtype.clone()))
                 .collect();
-            Sink::Arrow(ArrowWriter::create(file, output, &spec, &passthrough)?)
+            Sink::Arrow(Box::new(ArrowWriter::create(file, output, &spec, &passthrough)?))
         }
     };
     let total = ck.data_bytes();
@@ -219,6 +219,7 @@ pub fn quantize_checkpoint(
                 bytes_copied: 0,
             }
         };
+        ck.release(e);
         done += e.nbytes;
         on_layer(&report, done, total)?;
         reports.push(report);
@@ -237,7 +238,7 @@ fn scale_itemsize(dtype: ScaleDtype) -> usize {
 
 enum Sink {
     Safetensors(SafetensorsWriter),
-    Arrow(ArrowWriter),
+    Arrow(Box<ArrowWriter>),
 }
 
 impl Sink {
@@ -383,7 +384,7 @@ fn rebuild(path: &Path, name: &str, shape: &[usize], spec: &QuantSpec, codes: &[
         ScaleDtype::BF16 => Scales::BF16(scales.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect()),
     };
     let cols = shape[shape.len() - 1];
-    let rows = if cols == 0 { 0 } else { shape.iter().product::<usize>() / cols };
+    let rows = shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);
     Ok(Quantized {
         shape: shape.to_vec(),
         dtype: DType::F32,

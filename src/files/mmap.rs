@@ -32,3 +32,19 @@ pub fn arrow_buffer(map: &Arc<Mmap>) -> arrow_buffer::Buffer {
         _ => arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
     }
 }
+
+/// Drop the pages of `map[start..end]` from this process's resident set once they have
+/// been read, so RSS stays bounded by the tensor being processed, not the whole file.
+/// (They stay in the page cache; touching them again re-reads them from the file.)
+pub fn release_pages(map: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let first = start.next_multiple_of(PAGE);
+    let last = (end / PAGE) * PAGE;
+    if last > first {
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed private mapping only discards
+        // clean pages, which later reads fault back in from the unchanged file; no Rust
+        // reference into these pages is alive when the job calls this (the tensor's view
+        // has been dropped), and the range lies inside the map.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+    }
+}

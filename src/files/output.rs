@@ -64,7 +64,7 @@ impl SafetensorsWriter {
         }
         let mut text = serde_json::to_string(&header).expect("JSON serializes");
         // Pad with spaces so tensor data starts 8-byte aligned, as the safetensors format advises.
-        while (text.len() + 8) % 8 != 0 {
+        while !(text.len() + 8).is_multiple_of(8) {
             text.push(' ');
         }
         let mut out = BufWriter::with_capacity(1 << 20, file);
