@@ -127,6 +127,12 @@ proptest! {
         let view = owned.view(&c);
         let fast = quantize(&view, &s).unwrap();
         let slow = quantize_reference(&view, &s).unwrap();
+        // The portable build of the kernels (what a CPU without AVX2 runs) too. Other
+        // tests may run while this is forbidden: every path must give the same bits anyway.
+        quantbridge::quant::allow_vector_units(false);
+        let portable = quantize(&view, &s);
+        quantbridge::quant::allow_vector_units(true);
+        prop_assert_eq!(&portable.unwrap(), &fast, "portable and AVX2 builds differ");
         prop_assert_eq!(&fast.codes, &slow.codes);
         prop_assert_eq!(&fast.scales, &slow.scales);
         prop_assert_eq!(&fast.zero_points, &slow.zero_points);

@@ -127,9 +127,9 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
     let results = run_chunks_with(&bounds, outs, |out, e0, e1| {
         let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref() };
         if spec.stats {
-            chunk.run::<true>(e0, e1, out)
+            chunk.run_dispatch::<true>(e0, e1, out)
         } else {
-            chunk.run::<false>(e0, e1, out)
+            chunk.run_dispatch::<false>(e0, e1, out)
         }
     });
     let mut acc = StatsAcc::default();
@@ -218,7 +218,18 @@ struct Chunk<'c, 'a, 'v, T> {
 }
 
 impl<T: Element> Chunk<'_, '_, '_, T> {
+    /// [`Self::run`] compiled for the widest vector unit the CPU has (chosen at run time,
+    /// never with `target-cpu=native`): the same source, so the same bits.
+    fn run_dispatch<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2() {
+            return super::simd::with_avx2(|| self.run::<STATS>(e0, e1, out));
+        }
+        self.run::<STATS>(e0, e1, out)
+    }
+
     /// Quantize flat elements `e0..e1` (a run of whole groups starting on a byte boundary).
+    #[inline(always)]
     fn run<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
         let lay = self.layout;
         if e0 == e1 {
@@ -264,7 +275,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 
     /// Quantize one group (or, per-tensor, one row segment) starting at flat index `e`.
     /// Returns the group's new parameters when it has its own scale.
-    #[inline]
+    #[inline(always)]
     fn group<S: Element, const STATS: bool>(
         &self,
         xs: &[S],
@@ -281,7 +292,21 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 (p, true)
             }
         };
-        for &x in xs {
+        let mut rest = xs;
+        if !STATS && writer.byte_aligned() {
+            // Blocks of BLOCK codes: encode into a small buffer, then pack whole bytes.
+            // Both loops are branch-free and vectorize; the math is `encode`, unchanged.
+            let mut codes = [0u8; BLOCK];
+            let mut blocks = xs.chunks_exact(BLOCK);
+            for block in &mut blocks {
+                for (c, &x) in codes.iter_mut().zip(block) {
+                    *c = params.encode(x.to_f32());
+                }
+                writer.push_whole_bytes(&codes);
+            }
+            rest = blocks.remainder();
+        }
+        for &x in rest {
             let x = x.to_f32();
             let q = params.code_value(x);
             writer.push(params.store(q));
@@ -293,12 +318,38 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     }
 }
 
+/// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole
+/// bytes at every width).
+const BLOCK: usize = 64;
+/// Independent accumulators in [`min_max`], so the reduction vectorizes.
+const LANES: usize = 16;
+
 /// Smallest and largest element, or the flat index of the first non-finite one.
-#[inline]
+///
+/// Lane-wise compare-and-select instead of `f32::min` (whose NaN rule blocks
+/// vectorization): for finite inputs the extremes are the same whatever the order (a
+/// `-0.0`/`0.0` tie cannot change a scale or zero point), and a non-finite input is found
+/// by the separate check and reported, not used.
+#[inline(always)]
 fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
+    let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+    let mut finite = [true; LANES];
+    let mut blocks = xs.chunks_exact(LANES);
+    for block in &mut blocks {
+        for j in 0..LANES {
+            let v = block[j].to_f32();
+            lo[j] = if v < lo[j] { v } else { lo[j] };
+            hi[j] = if v > hi[j] { v } else { hi[j] };
+            finite[j] &= v.abs() < f32::INFINITY;
+        }
+    }
     let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
-    let mut finite = true;
-    for &x in xs {
+    let mut finite = finite.iter().all(|&f| f);
+    for j in 0..LANES {
+        mn = if lo[j] < mn { lo[j] } else { mn };
+        mx = if hi[j] > mx { hi[j] } else { mx };
+    }
+    for &x in blocks.remainder() {
         let v = x.to_f32();
         mn = mn.min(v);
         mx = mx.max(v);

@@ -1,4 +1,5 @@
-//! The quantization engine: pure Rust, no Python, no `unsafe`.
+//! The quantization engine: pure Rust, no Python; its only `unsafe` is the run-time
+//! choice of vector unit in `simd`.
 //!
 //! Input is a [`TensorView`] (a checked, possibly strided slice); output is a [`Quantized`].
 //! [`quantize`] is the fast parallel path and [`quantize_reference`] the scalar one it is
@@ -10,6 +11,9 @@ pub mod math;
 pub mod pack;
 mod quantized;
 mod reference;
+mod simd;
+#[doc(hidden)]
+pub use simd::allow_vector_units;
 mod spec;
 mod view;
 

@@ -50,6 +50,41 @@ impl<'o> CodeWriter<'o> {
         }
     }
 
+    /// True when the next code starts a fresh byte.
+    #[inline(always)]
+    pub fn byte_aligned(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Codes per byte at this writer's width.
+    #[inline(always)]
+    pub fn codes_per_byte(&self) -> usize {
+        (8 / self.bits) as usize
+    }
+
+    /// Append one-byte codes filling whole bytes: the writer is [`Self::byte_aligned`] and
+    /// `codes.len()` is a multiple of [`Self::codes_per_byte`]. Branch-free, so it vectorizes.
+    #[inline(always)]
+    pub fn push_whole_bytes(&mut self, codes: &[u8]) {
+        debug_assert!(self.byte_aligned() && codes.len().is_multiple_of(self.codes_per_byte()));
+        let n = codes.len() / self.codes_per_byte();
+        let out = &mut self.out[self.pos..self.pos + n];
+        match self.bits {
+            8 => out.copy_from_slice(codes),
+            4 => {
+                for (o, c) in out.iter_mut().zip(codes.chunks_exact(2)) {
+                    *o = c[0] | (c[1] << 4);
+                }
+            }
+            _ => {
+                for (o, c) in out.iter_mut().zip(codes.chunks_exact(4)) {
+                    *o = c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6);
+                }
+            }
+        }
+        self.pos += n;
+    }
+
     /// Write the last partial byte, if any. Returns the number of bytes written.
     pub fn finish(mut self) -> usize {
         if self.filled > 0 {
