@@ -129,10 +129,20 @@ proptest! {
         let slow = quantize_reference(&view, &s).unwrap();
         // The portable build of the kernels (what a CPU without AVX2 runs) too. Other
         // tests may run while this is forbidden: every path must give the same bits anyway.
+        // Without stats the block kernels run (with stats, the per-element loop): both
+        // builds of them must give the same codes as well.
+        let no_stats = QuantSpec { stats: false, ..s };
+        let fast_blocks = quantize(&view, &no_stats).unwrap();
         quantbridge::quant::allow_vector_units(false);
         let portable = quantize(&view, &s);
+        let portable_blocks = quantize(&view, &no_stats);
         quantbridge::quant::allow_vector_units(true);
         prop_assert_eq!(&portable.unwrap(), &fast, "portable and AVX2 builds differ");
+        for blocks in [fast_blocks, portable_blocks.unwrap()] {
+            prop_assert_eq!(&blocks.codes, &slow.codes, "block kernel codes differ");
+            prop_assert_eq!(&blocks.scales, &slow.scales);
+            prop_assert_eq!(&blocks.zero_points, &slow.zero_points);
+        }
         prop_assert_eq!(&fast.codes, &slow.codes);
         prop_assert_eq!(&fast.scales, &slow.scales);
         prop_assert_eq!(&fast.zero_points, &slow.zero_points);

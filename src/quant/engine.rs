@@ -293,11 +293,24 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             }
         };
         let mut rest = xs;
+        #[cfg(target_arch = "x86_64")]
+        if let (false, true, Some(f)) = (STATS, writer.byte_aligned(), S::as_f32s(xs)) {
+            if super::simd::has_avx2() {
+                let mut codes = [0u8; BLOCK];
+                let mut blocks = f.chunks_exact(BLOCK);
+                for block in &mut blocks {
+                    // SAFETY: AVX2 is present (checked above); BLOCK is a multiple of 32.
+                    unsafe { super::simd::avx2::encode(block, &params, &mut codes) };
+                    writer.push_whole_bytes(&codes);
+                }
+                rest = &xs[xs.len() - blocks.remainder().len()..];
+            }
+        }
         if !STATS && writer.byte_aligned() {
             // Blocks of BLOCK codes: encode into a small buffer, then pack whole bytes.
             // Both loops are branch-free and vectorize; the math is `encode`, unchanged.
             let mut codes = [0u8; BLOCK];
-            let mut blocks = xs.chunks_exact(BLOCK);
+            let mut blocks = rest.chunks_exact(BLOCK);
             for block in &mut blocks {
                 for (c, &x) in codes.iter_mut().zip(block) {
                     *c = params.encode(x.to_f32());
@@ -332,6 +345,17 @@ const LANES: usize = 16;
 /// by the separate check and reported, not used.
 #[inline(always)]
 fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(f) = S::as_f32s(xs) {
+        if super::simd::has_avx2() {
+            // SAFETY: AVX2 is present (checked just above).
+            let (mn, mx, finite) = unsafe { super::simd::avx2::min_max(f) };
+            if finite {
+                return Ok((mn, mx));
+            }
+            return Err(first_non_finite(xs, first_index));
+        }
+    }
     let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
     let mut finite = [true; LANES];
     let mut blocks = xs.chunks_exact(LANES);
@@ -358,13 +382,19 @@ fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
     if finite {
         return Ok((mn, mx));
     }
+    Err(first_non_finite(xs, first_index))
+}
+
+/// The error for the first non-finite element of `xs` (one is known to exist).
+#[cold]
+fn first_non_finite<S: Element>(xs: &[S], first_index: usize) -> Error {
     let (k, value) = xs
         .iter()
         .map(|x| x.to_f32())
         .enumerate()
         .find(|(_, v)| !v.is_finite())
         .expect("a non-finite element was seen");
-    Err(Error::NonFinite { index: first_index + k, value })
+    Error::NonFinite { index: first_index + k, value }
 }
 
 /// Range of flat elements `e0..e1` for per-tensor quantization.

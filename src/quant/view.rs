@@ -52,10 +52,20 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// The slice inside `data` when it holds this type.
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]>;
+    /// `xs` itself when this type is float32 (the SIMD kernels' input).
+    #[inline(always)]
+    fn as_f32s(xs: &[Self]) -> Option<&[f32]> {
+        let _ = xs;
+        None
+    }
 }
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
+    #[inline(always)]
+    fn as_f32s(xs: &[Self]) -> Option<&[f32]> {
+        Some(xs)
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
