@@ -34,17 +34,35 @@ pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
 
 /// A zero-filled vector, or a validation error when `n` elements cannot be allocated (a
 /// producer claiming an absurd size must get an error, not abort the interpreter).
-pub fn zeroed<T: Clone + Default>(n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
+///
+/// The fallible reservation is only a probe: the vector itself comes from `vec![]`, whose
+/// zeroed allocation maps fresh zero pages lazily instead of writing every byte twice.
+pub fn zeroed<T: Clone + Default + num_zero::Zero>(n: usize) -> Result<Vec<T>> {
+    let mut probe: Vec<T> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|_| {
         Error::validation(
             format!("a result of {n} x {} bytes that cannot be allocated", std::mem::size_of::<T>()),
             "a tensor whose quantized result fits in memory",
             "check the tensor's shape (the producer may describe far more elements than it holds), or quantize it in slices",
         )
     })?;
-    v.resize(n, T::default());
-    Ok(v)
+    drop(probe);
+    Ok(vec![T::ZERO; n])
+}
+
+/// Element types whose all-zero value `vec![]` can allocate as zeroed memory.
+pub mod num_zero {
+    /// A type with a zero value that is all-zero bytes.
+    pub trait Zero: Copy {
+        /// That value.
+        const ZERO: Self;
+    }
+    impl Zero for u8 {
+        const ZERO: Self = 0;
+    }
+    impl Zero for f32 {
+        const ZERO: Self = 0.0;
+    }
 }
 
 /// The buffers a quantization writes, sized by [`output_sizes`]. The Arrow output writes
