@@ -144,6 +144,9 @@ proptest! {
             prop_assert_eq!(&blocks.zero_points, &slow.zero_points);
         }
         prop_assert_eq!(&fast.codes, &slow.codes);
+        let restored: Vec<u32> = fast.dequantize().iter().map(|v| v.to_bits()).collect();
+        let restored_ref: Vec<u32> = fast.dequantize_reference().iter().map(|v| v.to_bits()).collect();
+        prop_assert_eq!(restored, restored_ref, "block dequantize differs from the scalar one");
         prop_assert_eq!(&fast.scales, &slow.scales);
         prop_assert_eq!(&fast.zero_points, &slow.zero_points);
         prop_assert_eq!(fast.layout, slow.layout);
