@@ -9,6 +9,8 @@
 mod bridge;
 #[doc(hidden)]
 pub use bridge::native_module;
+#[doc(hidden)]
+pub use bridge::borrowed::{check_layout, RawTensor};
 pub mod arrow_table;
 pub mod error;
 pub mod files;

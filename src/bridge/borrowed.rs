@@ -142,6 +142,13 @@ impl CheckedLayout {
     }
 }
 
+/// Check a producer's description without borrowing anything (the validation every
+/// import runs first); exposed for the fuzz targets. Never dereferences `raw.data`.
+#[doc(hidden)]
+pub fn check_layout(raw: &RawTensor<'_>) -> Result<()> {
+    CheckedLayout::check(raw).map(drop)
+}
+
 /// Borrowed tensor memory plus the owner that keeps it alive. See the module docs.
 pub struct BorrowedTensor {
     layout: CheckedLayout,

@@ -1,0 +1,50 @@
+//! The engine on arbitrary strided views and specs: never panics, and the fast path (with
+//! and without stats, AVX2 and portable) equals the scalar reference bit for bit.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quantbridge::quant::{quantize, quantize_reference, ElemSlice, Granularity, QuantSpec, ScaleDtype, TensorView};
+
+fn take(data: &mut &[u8]) -> u8 {
+    let (first, rest) = data.split_first().unwrap_or((&0, &[]));
+    *data = rest;
+    *first
+}
+
+fuzz_target!(|input: &[u8]| {
+    let mut data = input;
+    let ndim = 1 + (take(&mut data) % 3) as usize;
+    let shape: Vec<usize> = (0..ndim).map(|_| (take(&mut data) % 40) as usize).collect();
+    let strides: Vec<isize> = (0..ndim).map(|_| take(&mut data) as i8 as isize % 50).collect();
+    let origin = take(&mut data) as usize * 4;
+    let bits = [2u8, 4, 8][(take(&mut data) % 3) as usize];
+    let flags = take(&mut data);
+    let granularity = match take(&mut data) % 4 {
+        0 => Granularity::Tensor,
+        1 => Granularity::Channel,
+        2 => Granularity::Group(128),
+        _ => Granularity::Group(1 + (take(&mut data) % 70) as usize),
+    };
+    let scale_dtype = [ScaleDtype::F32, ScaleDtype::F16, ScaleDtype::BF16][(take(&mut data) % 3) as usize];
+    let spec = QuantSpec { bits, symmetric: flags & 1 != 0, granularity, scale_dtype, pack: flags & 2 != 0, stats: flags & 4 != 0 };
+    let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };
+    let reference = quantize_reference(&view, &spec);
+    for (vector_units, stats) in [(true, spec.stats), (false, spec.stats), (true, false)] {
+        quantbridge::quant::allow_vector_units(vector_units);
+        let fast = quantize(&view, &QuantSpec { stats, ..spec });
+        quantbridge::quant::allow_vector_units(true);
+        match (&fast, &reference) {
+            (Ok(f), Ok(r)) => {
+                assert_eq!(f.codes, r.codes);
+                assert_eq!(f.scales, r.scales);
+                assert_eq!(f.zero_points, r.zero_points);
+                let a: Vec<u32> = f.dequantize().iter().map(|v| v.to_bits()).collect();
+                let b: Vec<u32> = f.dequantize_reference().iter().map(|v| v.to_bits()).collect();
+                assert_eq!(a, b);
+            }
+            (Err(_), Err(_)) => {}
+            (f, r) => panic!("fast {:?} vs reference {:?}", f.as_ref().err(), r.as_ref().err()),
+        }
+    }
+});
