@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 use arrow_array::RecordBatch;
@@ -23,31 +24,48 @@ use crate::quant::{Granularity, Quantized, Scales};
 pub struct QuantizedTensor {
     q: Arc<Quantized>,
     name: Option<String>,
-    codes: Py<NativeTensor>,
-    scales: Py<NativeTensor>,
-    zero_points: Option<Py<NativeTensor>>,
+    // Made on first access (most batch results are only written out, never looked at),
+    // then the same object every time.
+    codes: PyOnceLock<Py<NativeTensor>>,
+    scales: PyOnceLock<Py<NativeTensor>>,
+    zero_points: PyOnceLock<Py<NativeTensor>>,
 }
 
 impl QuantizedTensor {
     /// Wrap an engine result; its buffers are shared, not copied.
-    pub fn new(py: Python<'_>, q: Quantized, name: Option<String>) -> PyResult<Self> {
-        let q = Arc::new(q);
-        let codes_dtype = if !q.spec.pack && q.spec.symmetric { ExportDType::I8 } else { ExportDType::U8 };
-        // Packed codes are a flat byte stream; unpacked ones keep the tensor's shape.
-        let codes_shape = if q.spec.pack { vec![q.codes.len()] } else { q.shape.clone() };
-        let scales_dtype = match q.scales {
-            Scales::F32(_) => ExportDType::F32,
-            Scales::F16(_) => ExportDType::F16,
-            Scales::BF16(_) => ExportDType::BF16,
+    pub fn new(_py: Python<'_>, q: Quantized, name: Option<String>) -> PyResult<Self> {
+        Ok(QuantizedTensor {
+            q: Arc::new(q),
+            name,
+            codes: PyOnceLock::new(),
+            scales: PyOnceLock::new(),
+            zero_points: PyOnceLock::new(),
+        })
+    }
+
+    /// The `NativeTensor` over one part, made once.
+    fn part(&self, py: Python<'_>, which: Part) -> PyResult<Py<NativeTensor>> {
+        let q = &self.q;
+        let (cell, shape, dtype) = match which {
+            // Packed codes are a flat byte stream; unpacked ones keep the tensor's shape.
+            Part::Codes => (
+                &self.codes,
+                if q.spec.pack { vec![q.codes.len()] } else { q.shape.clone() },
+                if !q.spec.pack && q.spec.symmetric { ExportDType::I8 } else { ExportDType::U8 },
+            ),
+            Part::Scales => (
+                &self.scales,
+                q.layout.scales_shape(),
+                match q.scales {
+                    Scales::F32(_) => ExportDType::F32,
+                    Scales::F16(_) => ExportDType::F16,
+                    Scales::BF16(_) => ExportDType::BF16,
+                },
+            ),
+            Part::ZeroPoints => (&self.zero_points, q.layout.scales_shape(), ExportDType::U8),
         };
-        let part = |p: Part| Arc::new(Storage::Part(q.clone(), p));
-        let codes = Py::new(py, NativeTensor::new(part(Part::Codes), codes_shape, codes_dtype))?;
-        let scales = Py::new(py, NativeTensor::new(part(Part::Scales), q.layout.scales_shape(), scales_dtype))?;
-        let zero_points = match q.zero_points {
-            Some(_) => Some(Py::new(py, NativeTensor::new(part(Part::ZeroPoints), q.layout.scales_shape(), ExportDType::U8))?),
-            None => None,
-        };
-        Ok(QuantizedTensor { q, name, codes, scales, zero_points })
+        cell.get_or_try_init(py, || Py::new(py, NativeTensor::new(Arc::new(Storage::Part(q.clone(), which)), shape, dtype)))
+            .map(|t| t.clone_ref(py))
     }
 
     /// The engine result.
@@ -157,20 +175,23 @@ impl QuantizedTensor {
     /// The codes: a flat uint8 stream when packed, else one code per element in the
     /// tensor's shape (uint8, or int8 when symmetric).
     #[getter]
-    fn codes(&self, py: Python<'_>) -> Py<NativeTensor> {
-        self.codes.clone_ref(py)
+    fn codes(&self, py: Python<'_>) -> PyResult<Py<NativeTensor>> {
+        self.part(py, Part::Codes)
     }
 
     /// Scales, shape (rows, groups_per_row), or (1,) per-tensor.
     #[getter]
-    fn scales(&self, py: Python<'_>) -> Py<NativeTensor> {
-        self.scales.clone_ref(py)
+    fn scales(&self, py: Python<'_>) -> PyResult<Py<NativeTensor>> {
+        self.part(py, Part::Scales)
     }
 
     /// Zero points (uint8, same shape as scales), or None when symmetric.
     #[getter]
-    fn zero_points(&self, py: Python<'_>) -> Option<Py<NativeTensor>> {
-        self.zero_points.as_ref().map(|z| z.clone_ref(py))
+    fn zero_points(&self, py: Python<'_>) -> PyResult<Option<Py<NativeTensor>>> {
+        match self.q.zero_points {
+            Some(_) => self.part(py, Part::ZeroPoints).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Bytes of codes + scales + zero points.

@@ -15,6 +15,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi as pyffi;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
 use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
@@ -133,10 +134,17 @@ fn engine_dtype(code: u8, bits: u8, lanes: u16) -> Result<DType, String> {
 /// Get a capsule from the producer, asking for a versioned one first.
 fn call_dlpack<'py>(obj: &Bound<'py, PyAny>, layer: &str) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
-    let kwargs = PyDict::new(py);
-    kwargs.set_item(intern!(py, "max_version"), (1, 0))?;
+    // The same `{"max_version": (1, 0)}` for every call (producers get their own **kwargs).
+    static MAX_VERSION: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let kwargs = MAX_VERSION
+        .get_or_try_init(py, || {
+            let d = PyDict::new(py);
+            d.set_item("max_version", (1, 0))?;
+            Ok::<_, PyErr>(d.unbind())
+        })?
+        .bind(py);
     let method = obj.getattr(intern!(py, "__dlpack__"))?;
-    let result = match method.call((), Some(&kwargs)) {
+    let result = match method.call((), Some(kwargs)) {
         Err(e) if e.is_instance_of::<PyTypeError>(py) => method.call0(),
         other => other,
     };
