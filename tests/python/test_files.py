@@ -259,3 +259,15 @@ def test_memory_stays_bounded_by_the_largest_tensor(tmp_path):
     growth = int(result.stdout)
     assert growth < 2 * tensor_bytes + 100 * 2**20, growth
     os.remove(path)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "data", "attacks"))))
+def test_fuzzer_found_files_are_clean_errors(name, tmp_path):
+    """Files the checkpoint fuzz target found (tests/data/attacks): hostile Arrow IPC
+    batch metadata once made arrow-ipc panic inside the reader."""
+    path = os.path.join(os.path.dirname(__file__), "..", "data", "attacks", name)
+    result = cli("quantize", path, "-o", tmp_path / "out.safetensors")
+    assert result.returncode == 1 and "quantbridge: error:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises((qb.QuantizationError, OSError)):
+        qb.inspect_file(path)
