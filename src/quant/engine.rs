@@ -263,6 +263,14 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         while e < e1 {
             let len = lay.group_len.min(lay.cols - col).min(e1 - e);
             let fresh = match self.data.contiguous_run(row_offset, col, len) {
+                // Half and double precision: widen the group to float32 once (exact for
+                // f16/bf16; f64 rounds exactly as `to_f32` does everywhere), so the float32
+                // kernels do the rest.
+                Some(run) if T::DTYPE != DType::F32 => {
+                    scratch.clear();
+                    scratch.extend(run.iter().map(|x| x.to_f32()));
+                    self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                }
                 Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
                 None => {
                     scratch.clear();
