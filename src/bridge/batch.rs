@@ -254,23 +254,37 @@ pub fn quantize_batch<'py>(
         export_s: timer.lap(),
     };
     record(py, &rec)?;
-    let failure_dict = PyDict::new(py);
-    for (name, reason) in &failures {
-        failure_dict.set_item(name, reason)?;
-    }
-    let message = failure_message(&failures);
     if !failures.is_empty() && !continue_on_error {
-        let err = py.get_type::<BatchQuantizationError>().call1((message,))?;
-        err.setattr("failures", failure_dict)?;
-        return Err(PyErr::from_value(err));
+        return Err(batch_error(py, &failures));
     }
     let out = batch_result_type(py)?.call1((results,))?;
-    out.setattr("failures", failure_dict)?;
+    out.setattr("failures", failure_dict(py, &failures)?)?;
     if !failures.is_empty() {
+        let message = failure_message(&failures);
         let msg = std::ffi::CString::new(message.replace('\0', " ")).expect("NULs were replaced");
         PyErr::warn(py, &py.get_type::<QuantizationWarning>(), &msg, 1)?;
     }
     Ok(out)
+}
+
+/// `{name: reason}` for every failed layer.
+fn failure_dict<'py>(py: Python<'py>, failures: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, reason) in failures {
+        dict.set_item(name, reason)?;
+    }
+    Ok(dict)
+}
+
+/// `BatchQuantizationError` naming every failed layer, in its message and `.failures`
+/// (batches and Arrow tables alike).
+pub fn batch_error(py: Python<'_>, failures: &[(String, String)]) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let err = py.get_type::<BatchQuantizationError>().call1((failure_message(failures),))?;
+        err.setattr("failures", failure_dict(py, failures)?)?;
+        Ok(PyErr::from_value(err))
+    };
+    build().unwrap_or_else(|e| e)
 }
 
 /// "N of the layers failed:" and one line per layer.

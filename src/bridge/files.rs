@@ -33,6 +33,28 @@ fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Boun
 /// A Python error raised inside a callback, carried through the Rust job.
 struct CallbackError(PyErr);
 
+/// After each tensor: notice Ctrl-C and call the caller's `progress(report, done, total)`,
+/// with the GIL taken back. A Python error is kept in `callback_error` and stops the job.
+fn report_progress(
+    progress: Option<&Py<PyAny>>,
+    callback_error: &mut Option<CallbackError>,
+    report: &LayerReport,
+    bits: u8,
+    done: usize,
+    total: usize,
+) -> crate::Result<()> {
+    Python::attach(|py| {
+        let outcome = py.check_signals().and_then(|()| match progress {
+            Some(f) => f.bind(py).call1((report_dict(py, report, bits)?, done, total)).map(drop),
+            None => Ok(()),
+        });
+        outcome.map_err(|e| {
+            *callback_error = Some(CallbackError(e));
+            Error::Internal("stopped by a callback".into())
+        })
+    })
+}
+
 /// Run `job` detached; `callback_error` receives a Python exception raised by a callback.
 fn run_job<T: Send>(
     py: Python<'_>,
@@ -81,17 +103,8 @@ pub fn quantize_file<'py>(
                 }
             })
         };
-        let mut on_layer = |r: &LayerReport, done: usize, total: usize| -> crate::Result<()> {
-            Python::attach(|py| {
-                let outcome = py.check_signals().and_then(|()| match &progress {
-                    Some(f) => f.bind(py).call1((report_dict(py, r, spec.bits)?, done, total)).map(drop),
-                    None => Ok(()),
-                });
-                outcome.map_err(|e| {
-                    *callback_error = Some(CallbackError(e));
-                    Error::Internal("stopped by a callback".into())
-                })
-            })
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
+            report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
         };
         let result = quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer);
         if let Some(e) = select_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -128,17 +141,8 @@ pub fn dequantize_file<'py>(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let reports = run_job(py, |callback_error| {
-        let mut on_layer = |r: &LayerReport, done: usize, total: usize| -> crate::Result<()> {
-            Python::attach(|py| {
-                let outcome = py.check_signals().and_then(|()| match &progress {
-                    Some(f) => f.bind(py).call1((report_dict(py, r, 0)?, done, total)).map(drop),
-                    None => Ok(()),
-                });
-                outcome.map_err(|e| {
-                    *callback_error = Some(CallbackError(e));
-                    Error::Internal("stopped by a callback".into())
-                })
-            })
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
+            report_progress(progress.as_ref(), callback_error, r, 0, done, total)
         };
         dequantize_checkpoint(&input, &output, force, &mut on_layer)
     })?;

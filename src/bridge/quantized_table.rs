@@ -2,15 +2,15 @@
 //! a record batch built in Rust that leaves through the Arrow PyCapsule Interface.
 
 use arrow_array::RecordBatch;
-use arrow_schema::{DataType, Field};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
 
-use crate::bridge::ffi::to_python::arrow::{batch_capsules, check_requested_schema, stream_capsule};
+use crate::bridge::ffi::to_python::arrow::{batch_capsules, stream_capsule};
 use crate::bridge::functions::spec_from_options;
 use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
 use crate::bridge::run::detached;
-use crate::bridge::table::{quantize_rows, table_failures, table_layers};
+use crate::bridge::batch::batch_error;
+use crate::bridge::table::{quantize_rows, table_layers};
 use crate::error::Error;
 use crate::quant::TensorView;
 
@@ -22,26 +22,18 @@ pub struct QuantizedTable {
     batch: RecordBatch,
 }
 
-impl QuantizedTable {
-    fn struct_field(&self) -> Field {
-        Field::new("", DataType::Struct(self.batch.schema().fields().clone()), false)
-    }
-}
-
 #[pymethods]
 impl QuantizedTable {
     /// The Arrow C stream of this table (one record batch).
     #[pyo3(signature = (requested_schema=None))]
     fn __arrow_c_stream__<'py>(&self, py: Python<'py>, requested_schema: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyCapsule>> {
-        check_requested_schema(requested_schema, &self.struct_field())?;
-        stream_capsule(py, self.batch.schema(), vec![self.batch.clone()])
+        stream_capsule(py, &self.batch, requested_schema)
     }
 
     /// The table as one Arrow struct array (a record batch).
     #[pyo3(signature = (requested_schema=None))]
     fn __arrow_c_array__<'py>(&self, py: Python<'py>, requested_schema: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyTuple>> {
-        check_requested_schema(requested_schema, &self.struct_field())?;
-        batch_capsules(py, &self.batch)
+        batch_capsules(py, &self.batch, requested_schema)
     }
 
     /// Number of layers (rows).
@@ -82,7 +74,7 @@ fn quantize_table(
     let mut timer = PhaseTimer::start();
     let (layers, failures) = table_layers(table_like, prefer_stream)?;
     if !failures.is_empty() {
-        return Err(table_failures(py, &failures));
+        return Err(batch_error(py, &failures));
     }
     let import_s = timer.lap();
     let views: Vec<(String, TensorView<'_>)> = layers.iter().map(|l| (l.name.clone(), l.tensor.view())).collect();
@@ -91,7 +83,7 @@ fn quantize_table(
     let input_bytes: usize = layers.iter().map(|l| l.tensor.nbytes()).sum();
     drop(views);
     drop(layers); // the producer's buffers are released here, after the last read
-    let (parts, _stats) = outcome.map_err(|failures| table_failures(py, &failures))?;
+    let (parts, _stats) = outcome.map_err(|failures| batch_error(py, &failures))?;
     let tensors = parts.names.len();
     let output_bytes = parts.codes.len() + parts.scales.len() + parts.zero_points.len();
     let batch = parts

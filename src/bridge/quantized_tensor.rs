@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyTuple};
 use arrow_array::RecordBatch;
 use pyo3::exceptions::PyValueError;
 
-use crate::bridge::ffi::to_python::arrow::{batch_capsules, check_requested_schema};
+use crate::bridge::ffi::to_python::arrow::batch_capsules;
 use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
 use crate::bridge::native_tensor::NativeTensor;
 use crate::bridge::storage::arrow_buffer;
@@ -230,10 +230,7 @@ impl QuantizedTensor {
         py: Python<'py>,
         requested_schema: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let batch = self.table_row()?;
-        let field = arrow_schema::Field::new("", arrow_schema::DataType::Struct(batch.schema().fields().clone()), false);
-        check_requested_schema(requested_schema, &field)?;
-        batch_capsules(py, &batch)
+        batch_capsules(py, &self.table_row()?, requested_schema)
     }
 
     /// `(q - zp) * scale` as a float32 `NativeTensor` of the source shape.

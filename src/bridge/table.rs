@@ -12,9 +12,8 @@ use rayon::prelude::*;
 
 use crate::arrow_table::{int_list_row, list_row, TableParts};
 use crate::bridge::arrow_tensor::float_run;
-use crate::bridge::batch::failure_message;
 use crate::bridge::borrowed::BorrowedTensor;
-use crate::bridge::errors::{validation, BatchQuantizationError};
+use crate::bridge::errors::validation;
 use crate::bridge::ffi::from_python::arrow::{import_array, import_stream, ArrowColumn};
 use crate::quant::{output_sizes, quantize_into, zeroed, OutBuffers, QuantSpec, Stats};
 
@@ -280,19 +279,4 @@ fn split_sizes<T>(mut data: &mut [T], sizes: impl Iterator<Item = usize>) -> Vec
         data = tail;
     }
     parts
-}
-
-/// The error for a table some of whose rows failed.
-pub fn table_failures(py: Python<'_>, failures: &[(String, String)]) -> PyErr {
-    let dict = pyo3::types::PyDict::new(py);
-    for (name, reason) in failures {
-        let _ = dict.set_item(name, reason);
-    }
-    match py.get_type::<BatchQuantizationError>().call1((failure_message(failures),)) {
-        Ok(err) => {
-            let _ = err.setattr("failures", dict);
-            PyErr::from_value(err)
-        }
-        Err(e) => e,
-    }
 }

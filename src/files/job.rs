@@ -150,7 +150,7 @@ pub fn quantize_checkpoint(
                     let (c, s, z) = output_sizes(&e.shape, &spec);
                     let cols = e.shape[e.shape.len() - 1];
                     let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
-                    let size = scale_itemsize(spec.scale_dtype);
+                    let size = spec.scale_dtype.itemsize();
                     header.push(HeaderEntry { name: format!("{}.codes", e.name), dtype: "U8", shape: vec![c], nbytes: c });
                     header.push(HeaderEntry {
                         name: format!("{}.scales", e.name),
@@ -194,7 +194,7 @@ pub fn quantize_checkpoint(
             let (mut codes, mut scales, mut zps) = (zeroed::<u8>(c)?, zeroed::<f32>(s)?, zeroed::<u8>(z)?);
             let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
             let stats = quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
-            let output_bytes = c + s * scale_itemsize(spec.scale_dtype) + z;
+            let output_bytes = c + s * spec.scale_dtype.itemsize() + z;
             sink.quantized(e, codes, scales, zps, spec.scale_dtype)?;
             LayerReport {
                 name: e.name.clone(),
@@ -227,13 +227,6 @@ pub fn quantize_checkpoint(
     sink.finish()?;
     temp.commit()?;
     Ok(reports)
-}
-
-fn scale_itemsize(dtype: ScaleDtype) -> usize {
-    match dtype {
-        ScaleDtype::F32 => 4,
-        ScaleDtype::F16 | ScaleDtype::BF16 => 2,
-    }
 }
 
 enum Sink {
@@ -374,7 +367,7 @@ pub fn dequantize_checkpoint(
 /// A [`Quantized`] from stored parts, checked against the sizes the spec implies.
 fn rebuild(path: &Path, name: &str, shape: &[usize], spec: &QuantSpec, codes: &[u8], scales: &[u8], zps: Option<&[u8]>) -> Result<Quantized> {
     let (c, s, z) = output_sizes(shape, spec);
-    let scale_size = scale_itemsize(spec.scale_dtype);
+    let scale_size = spec.scale_dtype.itemsize();
     if codes.len() != c || scales.len() != s * scale_size || zps.map_or(0, <[u8]>::len) != z {
         return Err(bad_file(path, format!("parts of {name:?} whose sizes do not match its shape and spec"), "re-create the file"));
     }

@@ -56,10 +56,15 @@ impl Scales {
 
     /// Bytes the scales take.
     pub fn nbytes(&self) -> usize {
+        self.len() * self.dtype().itemsize()
+    }
+
+    /// The stored dtype.
+    pub fn dtype(&self) -> ScaleDtype {
         match self {
-            Scales::F32(v) => v.len() * 4,
-            Scales::F16(v) => v.len() * 2,
-            Scales::BF16(v) => v.len() * 2,
+            Scales::F32(_) => ScaleDtype::F32,
+            Scales::F16(_) => ScaleDtype::F16,
+            Scales::BF16(_) => ScaleDtype::BF16,
         }
     }
 }

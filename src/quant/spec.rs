@@ -34,6 +34,14 @@ impl ScaleDtype {
         }
     }
 
+    /// Bytes per stored scale.
+    pub fn itemsize(self) -> usize {
+        match self {
+            ScaleDtype::F32 => 4,
+            ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+        }
+    }
+
     /// Parse a numpy/torch dtype name.
     pub fn parse(name: &str) -> Result<Self> {
         match name.strip_prefix("torch.").unwrap_or(name) {

@@ -5,13 +5,11 @@
 //! marks it released; otherwise the capsule's destructor drops the box, and arrow-rs's
 //! `Drop` calls the release callback. Either way the Rust buffers are freed exactly once.
 
-use std::sync::Arc;
-
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::{Array, RecordBatch, RecordBatchIterator, StructArray};
 use arrow_data::ArrayData;
-use arrow_schema::{Field, Schema};
+use arrow_schema::{DataType, Field};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyTuple};
@@ -31,9 +29,19 @@ pub fn array_capsules<'py>(py: Python<'py>, field: &Field, data: &ArrayData) -> 
     PyTuple::new(py, [schema.into_any(), array.into_any()])
 }
 
+/// The field of a record batch seen as one struct array.
+fn batch_field(batch: &RecordBatch) -> Field {
+    Field::new("", DataType::Struct(batch.schema().fields().clone()), false)
+}
+
 /// A record batch as one struct array: `(schema capsule, array capsule)`; the schema
-/// keeps the batch's metadata.
-pub fn batch_capsules<'py>(py: Python<'py>, batch: &RecordBatch) -> PyResult<Bound<'py, PyTuple>> {
+/// keeps the batch's metadata. A `requested_schema` must match it.
+pub fn batch_capsules<'py>(
+    py: Python<'py>,
+    batch: &RecordBatch,
+    requested: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    check_requested_schema(requested, &batch_field(batch))?;
     let schema = FFI_ArrowSchema::try_from(batch.schema().as_ref()).map_err(arrow_err)?;
     let data = StructArray::from(batch.clone()).into_data();
     let array = FFI_ArrowArray::new(&data);
@@ -42,9 +50,14 @@ pub fn batch_capsules<'py>(py: Python<'py>, batch: &RecordBatch) -> PyResult<Bou
     PyTuple::new(py, [schema.into_any(), array.into_any()])
 }
 
-/// An `arrow_array_stream` capsule yielding `batches`.
-pub fn stream_capsule<'py>(py: Python<'py>, schema: Arc<Schema>, batches: Vec<RecordBatch>) -> PyResult<Bound<'py, PyCapsule>> {
-    let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+/// An `arrow_array_stream` capsule yielding `batch`. A `requested_schema` must match it.
+pub fn stream_capsule<'py>(
+    py: Python<'py>,
+    batch: &RecordBatch,
+    requested: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyCapsule>> {
+    check_requested_schema(requested, &batch_field(batch))?;
+    let reader = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
     let stream = FFI_ArrowArrayStream::new(Box::new(reader));
     PyCapsule::new_with_value(py, stream, ARROW_ARRAY_STREAM)
 }
