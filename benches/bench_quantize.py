@@ -52,6 +52,37 @@ def torch_int4_g128(x):
     return q[0::2] | (q[1::2] << 4), scale, zp.to(torch.uint8)
 
 
+def onnxruntime_int4_g128():
+    """onnxruntime's C++ MatMulNBits quantizer, or None when onnxruntime is not installed.
+
+    It quantizes a (K, N) weight in blocks along K, so it gets the transposed contiguous
+    copy (its native layout, made outside the timing)."""
+    try:
+        from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    except ImportError:
+        return None
+
+    def run(w):
+        k, n = w.shape
+        blocks = (k + 127) // 128
+        packed = np.zeros((n, blocks, 64), np.uint8)
+        zero_points = np.zeros(n * ((blocks + 1) // 2), np.uint8)
+        scales = np.zeros(n * blocks, np.float32)
+        quantize_matmul_4bits(packed, w, scales, zero_points, 128, n, k, False)
+        return packed, scales, zero_points
+
+    return run
+
+
+def gguf_q4_0():
+    """gguf-py's numpy Q4_0 quantizer (blocks of 32, symmetric), or None."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    return lambda x: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
@@ -88,8 +119,14 @@ def main():
     ptx = torch.from_numpy(px)
     qb_small = timeit(lambda: qb.quantize(px), args.repeat)
     rows.append((f"quantbridge int4 g128 ({args.peer_mib} MiB)", args.peer_mib, qb_small, 1.0))
-    for label, fn in [("numpy int4 g128 (same spec)", lambda: numpy_int4_g128(px)),
-                      ("torch int4 g128 (same spec)", lambda: torch_int4_g128(ptx))]:
+    peers = [("numpy int4 g128 (same spec)", lambda: numpy_int4_g128(px)),
+             ("torch int4 g128 (same spec)", lambda: torch_int4_g128(ptx))]
+    if (ort := onnxruntime_int4_g128()) is not None:
+        pw = np.ascontiguousarray(px.T)
+        peers.append(("onnxruntime quantize_matmul_4bits (block 128)", lambda: ort(pw)))
+    if (q4_0 := gguf_q4_0()) is not None:
+        peers.append(("gguf-py Q4_0 (block 32)", lambda: q4_0(px)))
+    for label, fn in peers:
         t = timeit(fn, max(3, args.repeat // 2))
         rows.append((label, args.peer_mib, t, t / qb_small))
 

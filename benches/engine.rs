@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("transposed_f32/int4_g128", |b| b.iter(|| quantize(&transposed, &int4).unwrap()));
     g.bench_function("contiguous_bf16/int4_g128", |b| b.iter(|| quantize(&bf16_view, &int4).unwrap()));
     let q = quantize(&view, &int4).unwrap();
-    g.bench_function("dequantize/int4_g128", |b| b.iter(|| q.dequantize()));
+    g.bench_function("dequantize/int4_g128", |b| b.iter(|| q.dequantize().unwrap()));
     g.finish();
 }
 

@@ -12,6 +12,7 @@ pub use bridge::native_module;
 #[doc(hidden)]
 pub use bridge::borrowed::{check_layout, RawTensor};
 pub mod arrow_table;
+pub mod buffer_pool;
 pub mod error;
 pub mod files;
 pub mod quant;

@@ -39,7 +39,7 @@ fuzz_target!(|input: &[u8]| {
                 assert_eq!(f.codes, r.codes);
                 assert_eq!(f.scales, r.scales);
                 assert_eq!(f.zero_points, r.zero_points);
-                let a: Vec<u32> = f.dequantize().iter().map(|v| v.to_bits()).collect();
+                let a: Vec<u32> = f.dequantize().unwrap().iter().map(|v| v.to_bits()).collect();
                 let b: Vec<u32> = f.dequantize_reference().iter().map(|v| v.to_bits()).collect();
                 assert_eq!(a, b);
             }

@@ -3,6 +3,7 @@
 
 pub mod arrow_tensor;
 mod batch;
+mod buffer_pool;
 pub mod borrowed;
 pub mod capsule_names;
 pub mod errors;
@@ -69,6 +70,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::reset_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::configure_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer_pool::configure_buffer_pool, m)?)?;
     m.add_class::<quantized_table::QuantizedTable>()?;
     m.add("BatchResult", batch::batch_result_type(py)?)?;
     m.add("QuantizationWarning", py.get_type::<errors::QuantizationWarning>())?;

@@ -77,7 +77,7 @@ impl QuantizedTensor {
     pub fn dequantize_tensor(&self, py: Python<'_>) -> PyResult<NativeTensor> {
         let mut timer = PhaseTimer::start();
         let q = self.q.clone();
-        let values = detached(py, self.name.as_deref().unwrap_or("dequantize"), move || Ok(q.dequantize()))?;
+        let values = detached(py, self.name.as_deref().unwrap_or("dequantize"), move || q.dequantize())?;
         let quantize_s = timer.lap();
         let output_bytes = values.len() * 4;
         let tensor = NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32);

@@ -63,6 +63,15 @@ pub enum Storage {
     Copy(Vec<u64>, usize),
 }
 
+/// Dequantized values go back to the pool for the next result of their size.
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::F32(values) = self {
+            crate::buffer_pool::give_back(std::mem::take(values));
+        }
+    }
+}
+
 impl Storage {
     /// The bytes, read-only.
     pub fn bytes(&self) -> &[u8] {

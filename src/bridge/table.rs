@@ -15,7 +15,8 @@ use crate::bridge::arrow_tensor::float_run;
 use crate::bridge::borrowed::BorrowedTensor;
 use crate::bridge::errors::validation;
 use crate::bridge::ffi::from_python::arrow::{import_array, import_stream, ArrowColumn};
-use crate::quant::{output_sizes, quantize_into, zeroed, OutBuffers, QuantSpec, Stats};
+use crate::buffer_pool::zeroed;
+use crate::quant::{output_sizes, quantize_into, OutBuffers, QuantSpec, Stats};
 
 /// `(layer name, reason)` for every layer that failed.
 pub type Failures = Vec<(String, String)>;

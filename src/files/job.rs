@@ -6,12 +6,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::arrow_table::spec_json;
+use crate::buffer_pool;
 use crate::error::{Error, Problem, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{scale_bytes, scale_dtype_name, static_dtype, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::{bad_file, io_error};
 use crate::quant::{
-    output_sizes, quantize_into, zeroed, DType, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
+    output_sizes, quantize_into, DType, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
     Scales, Stats,
 };
 
@@ -191,7 +192,7 @@ pub fn quantize_checkpoint(
         let report = if q {
             let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
             let (c, s, z) = output_sizes(&e.shape, &spec);
-            let (mut codes, mut scales, mut zps) = (zeroed::<u8>(c)?, zeroed::<f32>(s)?, zeroed::<u8>(z)?);
+            let (mut codes, mut scales, mut zps) = (buffer_pool::take::<u8>(c)?, buffer_pool::take::<f32>(s)?, buffer_pool::take::<u8>(z)?);
             let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
             let stats = quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
             let output_bytes = c + s * spec.scale_dtype.itemsize() + z;
@@ -243,6 +244,10 @@ impl Sink {
                 if !zps.is_empty() {
                     w.write(&format!("{}.zero_points", e.name), &zps)?;
                 }
+                // The next tensor of this size reuses them instead of faulting in new pages.
+                buffer_pool::give_back(codes);
+                buffer_pool::give_back(scales);
+                buffer_pool::give_back(zps);
                 Ok(())
             }
             Sink::Arrow(w) => w.quantized(&e.name, &e.shape, codes, scales, zps),
@@ -349,11 +354,13 @@ pub fn dequantize_checkpoint(
                 };
                 let zps = part("zero_points");
                 let q = rebuild(input, name, &shape, &spec, ck.raw_bytes(codes), ck.raw_bytes(scales), zps.map(|z| ck.raw_bytes(z)))?;
-                let values = q.dequantize();
+                let values = q.dequantize()?;
                 writer.write(name, bytemuck::cast_slice(&values))?;
                 let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
                 done += input_bytes;
-                LayerReport { name: name.clone(), dtype: "F32".into(), shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 }
+                let report = LayerReport { name: name.clone(), dtype: "F32".into(), shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 };
+                buffer_pool::give_back(values);
+                report
             }
         };
         on_layer(&report, done, total)?;

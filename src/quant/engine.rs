@@ -9,6 +9,7 @@ use super::pack::{stream_len, CodeWriter};
 use super::quantized::{Quantized, Scales, Stats, StatsAcc};
 use super::spec::QuantSpec;
 use super::view::{DType, Element, Strided, TensorView};
+use crate::buffer_pool;
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
@@ -16,7 +17,7 @@ use half::{bf16, f16};
 pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
     spec.validate()?;
     let (c, s, z) = output_sizes(view.shape(), spec);
-    let (mut codes, mut scales, mut zps) = (zeroed(c)?, zeroed(s)?, zeroed(z)?);
+    let (mut codes, mut scales, mut zps) = (buffer_pool::take(c)?, buffer_pool::take(s)?, buffer_pool::take(z)?);
     let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
     let stats = quantize_into(view, spec, out)?;
     let (rows, cols) = view.rows_cols();
@@ -30,39 +31,6 @@ pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
         zero_points: (!spec.symmetric).then_some(zps),
         stats,
     })
-}
-
-/// A zero-filled vector, or a validation error when `n` elements cannot be allocated (a
-/// producer claiming an absurd size must get an error, not abort the interpreter).
-///
-/// The fallible reservation is only a probe: the vector itself comes from `vec![]`, whose
-/// zeroed allocation maps fresh zero pages lazily instead of writing every byte twice.
-pub fn zeroed<T: Clone + Default + num_zero::Zero>(n: usize) -> Result<Vec<T>> {
-    let mut probe: Vec<T> = Vec::new();
-    probe.try_reserve_exact(n).map_err(|_| {
-        Error::validation(
-            format!("a result of {n} x {} bytes that cannot be allocated", std::mem::size_of::<T>()),
-            "a tensor whose quantized result fits in memory",
-            "check the tensor's shape (the producer may describe far more elements than it holds), or quantize it in slices",
-        )
-    })?;
-    drop(probe);
-    Ok(vec![T::ZERO; n])
-}
-
-/// Element types whose all-zero value `vec![]` can allocate as zeroed memory.
-pub mod num_zero {
-    /// A type with a zero value that is all-zero bytes.
-    pub trait Zero: Copy {
-        /// That value.
-        const ZERO: Self;
-    }
-    impl Zero for u8 {
-        const ZERO: Self = 0;
-    }
-    impl Zero for f32 {
-        const ZERO: Self = 0.0;
-    }
 }
 
 /// The buffers a quantization writes, sized by [`output_sizes`]. The Arrow output writes

@@ -17,7 +17,7 @@ pub use simd::allow_vector_units;
 mod spec;
 mod view;
 
-pub use engine::{output_sizes, quantize, quantize_into, zeroed, OutBuffers};
+pub use engine::{output_sizes, quantize, quantize_into, OutBuffers};
 pub use layout::Layout;
 pub use quantized::{Quantized, Scales, Stats, StatsAcc};
 pub use reference::{quantize_reference, read_row_major};

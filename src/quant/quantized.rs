@@ -8,6 +8,8 @@ use super::math::GroupParams;
 use super::pack::get_code;
 use super::spec::{QuantSpec, ScaleDtype};
 use super::view::DType;
+use crate::buffer_pool;
+use crate::error::Result;
 
 /// Scales in their storage dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +144,19 @@ pub struct Quantized {
     pub stats: Option<Stats>,
 }
 
+/// Large buffers go back to the pool for the next result of their size.
+impl Drop for Quantized {
+    fn drop(&mut self) {
+        buffer_pool::give_back(std::mem::take(&mut self.codes));
+        if let Scales::F32(scales) = &mut self.scales {
+            buffer_pool::give_back(std::mem::take(scales));
+        }
+        if let Some(zero_points) = self.zero_points.take() {
+            buffer_pool::give_back(zero_points);
+        }
+    }
+}
+
 impl Quantized {
     /// Bytes of codes, scales and zero points together.
     pub fn nbytes(&self) -> usize {
@@ -183,48 +198,53 @@ impl Quantized {
     /// `(q - zp) * scale` for every element, row-major, in float32: runs of one group at a
     /// time, whole bytes unpacked in blocks (branch-free, so it vectorizes), chunks in
     /// parallel. Bit-identical to [`Self::dequantize_reference`].
-    pub fn dequantize(&self) -> Vec<f32> {
-        let n = self.layout.numel();
-        let mut out = vec![0.0f32; n];
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        let mut out = buffer_pool::take::<f32>(self.layout.numel())?;
         let bounds = self.layout.chunk_bounds();
         let pieces = split_at_cuts(&mut out, &bounds[1..bounds.len() - 1]);
         let work = |(start, piece): (usize, &mut [f32])| {
-            let lay = &self.layout;
-            let end = start + piece.len();
-            let mut e = start;
-            while e < end {
-                let len = if lay.per_tensor {
-                    end - e
-                } else {
-                    let col = e % lay.cols;
-                    let group_end = ((col / lay.group_len + 1) * lay.group_len).min(lay.cols);
-                    (group_end - col).min(end - e)
-                };
-                let params = self.group(lay.group_of(e));
-                self.decode_run(e, &mut piece[e - start..e - start + len], &params);
-                e += len;
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::has_avx2() {
+                return super::simd::with_avx2(|| self.decode_chunk(start, piece));
             }
+            self.decode_chunk(start, piece)
         };
         if pieces.len() == 1 {
             pieces.into_iter().map(|p| (0, p)).for_each(work);
         } else {
             bounds.par_iter().copied().zip(pieces).for_each(work);
         }
-        out
+        Ok(out)
+    }
+
+    /// Decode elements `start..start + out.len()`, one group's run at a time.
+    #[inline(always)]
+    fn decode_chunk(&self, start: usize, out: &mut [f32]) {
+        let lay = &self.layout;
+        let end = start + out.len();
+        let mut e = start;
+        while e < end {
+            let len = if lay.per_tensor {
+                end - e
+            } else {
+                let col = e % lay.cols;
+                let group_end = ((col / lay.group_len + 1) * lay.group_len).min(lay.cols);
+                (group_end - col).min(end - e)
+            };
+            let params = self.group(lay.group_of(e));
+            self.decode_run(e, &mut out[e - start..e - start + len], &params);
+            e += len;
+        }
     }
 
     /// Decode elements `e0..e0 + out.len()`, all in the group `params` describes.
-    #[inline]
+    #[inline(always)]
     fn decode_run(&self, e0: usize, out: &mut [f32], params: &GroupParams) {
         const BLOCK: usize = 64;
         let bits = if self.spec.pack { self.spec.bits } else { 8 };
         let per_byte = (8 / bits) as usize;
         let signed_bytes = !self.spec.pack && self.spec.symmetric;
         let offset = params.offset;
-        let value = |c: u8| {
-            let q = if signed_bytes { c as i8 as f32 } else { (c as i32 - offset) as f32 };
-            params.decode_value(q)
-        };
         let mut i = 0;
         // Up to the first byte boundary, one code at a time.
         while i < out.len() && !(e0 + i).is_multiple_of(per_byte) {
@@ -252,8 +272,16 @@ impl Quantized {
                     }
                 }
             }
-            for (slot, &c) in out[i..i + BLOCK].iter_mut().zip(&codes) {
-                *slot = value(c);
+            // Two branch-free loops rather than one with a per-code branch.
+            let block = &mut out[i..i + BLOCK];
+            if signed_bytes {
+                for (slot, &c) in block.iter_mut().zip(&codes) {
+                    *slot = params.decode_value(c as i8 as f32);
+                }
+            } else {
+                for (slot, &c) in block.iter_mut().zip(&codes) {
+                    *slot = params.decode_value((c as i32 - offset) as f32);
+                }
             }
             i += BLOCK;
         }
