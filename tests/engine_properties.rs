@@ -100,6 +100,24 @@ fn case() -> impl Strategy<Value = Case> {
         .prop_map(|(values, dtype, shape, strides, origin)| Case { values, dtype, shape, strides, origin })
 }
 
+/// Transposed weights (the last axis strided, consecutive rows adjacent in memory), tall
+/// enough for the gathered tiles and their 8×8 transposes, with ragged edges.
+fn transposed_case() -> impl Strategy<Value = Case> {
+    (1usize..=3, 1usize..90, 1usize..200, 0u8..4)
+        .prop_flat_map(|(outer, rows, cols, dtype)| {
+            let values = prop::collection::vec(value(), outer * rows * cols);
+            (values, Just(outer), Just(rows), Just(cols), Just(dtype))
+        })
+        .prop_map(|(values, outer, rows, cols, dtype)| Case {
+            values,
+            dtype,
+            // [outer, rows, cols] laid out as [outer][cols][rows]: a batch of transposed weights.
+            shape: vec![outer, rows, cols],
+            strides: vec![(rows * cols) as isize, 1, rows as isize],
+            origin: 0,
+        })
+}
+
 fn spec() -> impl Strategy<Value = QuantSpec> {
     let granularity = prop_oneof![
         Just(Granularity::Tensor),
@@ -151,6 +169,25 @@ proptest! {
         prop_assert_eq!(&fast.zero_points, &slow.zero_points);
         prop_assert_eq!(fast.layout, slow.layout);
         prop_assert_eq!(fast.stats, slow.stats, "single-chunk sums run in the same order");
+    }
+
+    #[test]
+    fn transposed_views_equal_reference(c in transposed_case(), s in spec()) {
+        let owned = c.owned();
+        let view = owned.view(&c);
+        let slow = quantize_reference(&view, &s).unwrap();
+        for stats in [true, false] {
+            let s = QuantSpec { stats, ..s };
+            let fast = quantize(&view, &s).unwrap();
+            quantbridge::quant::allow_vector_units(false);
+            let portable = quantize(&view, &s);
+            quantbridge::quant::allow_vector_units(true);
+            for q in [fast, portable.unwrap()] {
+                prop_assert_eq!(&q.codes, &slow.codes);
+                prop_assert_eq!(&q.scales, &slow.scales);
+                prop_assert_eq!(&q.zero_points, &slow.zero_points);
+            }
+        }
     }
 
     #[test]

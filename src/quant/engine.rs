@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::layout::{split_at_cuts, Layout};
+use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
 use super::quantized::{Quantized, Scales, Stats, StatsAcc};
@@ -81,7 +81,12 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
     let (rows, cols) = view.rows_cols();
     let layout = Layout::new(rows, cols, spec.granularity);
     let n = layout.numel();
-    let bounds = layout.chunk_bounds();
+    // A strided last axis is gathered in tiles of whole rows, so its chunks hold a tile.
+    let bounds = if data.col_stride() == 1 {
+        layout.chunk_bounds()
+    } else {
+        layout.chunk_bounds_of(CHUNK_ELEMENTS.max(cols.saturating_mul(MAX_TILE_ROWS).min(TILE_ELEMENTS)))
+    };
     let inner = &bounds[1..bounds.len() - 1];
 
     // Per-tensor needs the global range before any code can be written: one extra pass.
@@ -208,8 +213,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// never with `target-cpu=native`): the same source, so the same bits.
     fn run_dispatch<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
         #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2() {
-            return super::simd::with_avx2(|| self.run::<STATS>(e0, e1, out));
+        if let Some(cpu) = super::simd::Avx2::detect() {
+            return cpu.vectorize(|| self.run::<STATS>(e0, e1, out));
         }
         self.run::<STATS>(e0, e1, out)
     }
@@ -224,26 +229,41 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut writer = CodeWriter::new(out.codes, if self.spec.pack { self.spec.bits } else { 8 });
         let mut acc = StatsAcc::default();
         let mut scratch: Vec<f32> = Vec::new();
+        // Whole rows of a view whose last axis is strided, gathered a few at a time.
+        let strided = self.data.col_stride() != 1;
+        let mut tile: Vec<f32> = if strided { TILE.with(|t| std::mem::take(&mut *t.borrow_mut())) } else { Vec::new() };
+        let mut tile_rows = 0..0;
         let mut group = 0;
         let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
         let mut row_offset = self.data.row_offset(row);
         let mut e = e0;
         while e < e1 {
             let len = lay.group_len.min(lay.cols - col).min(e1 - e);
-            let fresh = match self.data.contiguous_run(row_offset, col, len) {
-                // Half and double precision: widen the group to float32 once (exact for
-                // f16/bf16; f64 rounds exactly as `to_f32` does everywhere), so the float32
-                // kernels do the rest.
-                Some(run) if T::DTYPE != DType::F32 => {
-                    scratch.clear();
-                    scratch.extend(run.iter().map(|x| x.to_f32()));
-                    self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+            if strided && col == 0 && !tile_rows.contains(&row) {
+                let rows = ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS);
+                if rows >= 2 {
+                    self.data.gather_rows(row, rows, &mut tile);
+                    tile_rows = row..row + rows;
                 }
-                Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
-                None => {
-                    scratch.clear();
-                    scratch.extend((0..len).map(|k| self.data.get(row_offset, col + k)));
-                    self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+            }
+            let fresh = if tile_rows.contains(&row) {
+                let at = (row - tile_rows.start) * lay.cols + col;
+                self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)
+            } else {
+                match self.data.contiguous_run(row_offset, col, len) {
+                    // Half and double precision: widen the group to float32 once (exact for
+                    // f16/bf16; f64 rounds exactly as `to_f32` does everywhere), so the
+                    // float32 kernels do the rest.
+                    Some(run) if T::DTYPE != DType::F32 => {
+                        scratch.clear();
+                        scratch.extend(run.iter().map(|x| x.to_f32()));
+                        self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                    }
+                    Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
+                    None => {
+                        self.data.read_run(row_offset, col, len, &mut scratch);
+                        self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                    }
                 }
             }?;
             if let Some(p) = fresh {
@@ -264,6 +284,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             }
         }
         writer.finish();
+        if strided {
+            TILE.with(|t| *t.borrow_mut() = tile);
+        }
         Ok(acc)
     }
 
@@ -289,12 +312,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut rest = xs;
         #[cfg(target_arch = "x86_64")]
         if let (false, true, Some(f)) = (STATS, writer.byte_aligned(), S::as_f32s(xs)) {
-            if super::simd::has_avx2() {
+            if let Some(cpu) = super::simd::Avx2::detect() {
                 let mut codes = [0u8; BLOCK];
                 let mut blocks = f.chunks_exact(BLOCK);
                 for block in &mut blocks {
-                    // SAFETY: AVX2 is present (checked above); BLOCK is a multiple of 32.
-                    unsafe { super::simd::avx2::encode(block, &params, &mut codes) };
+                    cpu.encode(block, &params, &mut codes); // BLOCK is a multiple of 32
                     writer.push_whole_bytes(&codes);
                 }
                 rest = &xs[xs.len() - blocks.remainder().len()..];
@@ -328,6 +350,15 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 /// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole
 /// bytes at every width).
 const BLOCK: usize = 64;
+/// Most float32 values a gathered tile of strided rows holds (512 KiB: it stays in L2).
+const TILE_ELEMENTS: usize = 1 << 20;
+thread_local! {
+    /// Each worker thread's tile, kept between chunks: a fresh multi-MiB allocation per
+    /// chunk would fault in (and zero) its pages every time.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Most rows per tile: 16 float32 values of a transposed weight's column fill a cache line.
+const MAX_TILE_ROWS: usize = 128;
 /// Independent accumulators in [`min_max`], so the reduction vectorizes.
 const LANES: usize = 16;
 
@@ -341,9 +372,8 @@ const LANES: usize = 16;
 fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = S::as_f32s(xs) {
-        if super::simd::has_avx2() {
-            // SAFETY: AVX2 is present (checked just above).
-            let (mn, mx, finite) = unsafe { super::simd::avx2::min_max(f) };
+        if let Some(cpu) = super::simd::Avx2::detect() {
+            let (mn, mx, finite) = cpu.min_max(f);
             if finite {
                 return Ok((mn, mx));
             }

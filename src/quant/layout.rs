@@ -69,16 +69,23 @@ impl Layout {
     /// stream for 2, 4 and 8 bits) and, unless per-tensor, the start of a group (so a chunk
     /// owns whole groups and their scales).
     pub fn chunk_bounds(&self) -> Vec<usize> {
+        self.chunk_bounds_of(CHUNK_ELEMENTS)
+    }
+
+    /// [`Self::chunk_bounds`] with chunks of at least `size` elements (where the input can
+    /// provide them): larger chunks let strided views be gathered in taller tiles.
+    pub fn chunk_bounds_of(&self, size: usize) -> Vec<usize> {
+        let size = size.max(1);
         let n = self.numel();
         let mut bounds = vec![0];
-        let mut target = CHUNK_ELEMENTS;
+        let mut target = size;
         while target < n {
             let start = self.aligned_start_at_or_after(target);
             if start >= n {
                 break;
             }
             bounds.push(start);
-            target = start + CHUNK_ELEMENTS;
+            target = start + size;
         }
         bounds.push(n);
         bounds

@@ -204,8 +204,8 @@ impl Quantized {
         let pieces = split_at_cuts(&mut out, &bounds[1..bounds.len() - 1]);
         let work = |(start, piece): (usize, &mut [f32])| {
             #[cfg(target_arch = "x86_64")]
-            if super::simd::has_avx2() {
-                return super::simd::with_avx2(|| self.decode_chunk(start, piece));
+            if let Some(cpu) = super::simd::Avx2::detect() {
+                return cpu.vectorize(|| self.decode_chunk(start, piece));
             }
             self.decode_chunk(start, piece)
         };

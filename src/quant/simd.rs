@@ -26,18 +26,53 @@ pub fn has_avx2() -> bool {
     VECTOR_UNITS_ALLOWED.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2")
 }
 
-/// Run `f` inside a function compiled with AVX2, so everything inlined into it may use
-/// 256-bit vectors. Call only when [`has_avx2`] is true.
+/// Proof that the CPU runs AVX2 (and that it is allowed): an `Avx2` exists only when
+/// [`Avx2::detect`] found it, so its methods can call the AVX2 kernels safely. Callers
+/// outside this module need no `unsafe`.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    #[target_feature(enable = "avx2")]
-    fn avx2<R>(f: impl FnOnce() -> R) -> R {
-        f()
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2 {
+    /// `Some` when [`has_avx2`].
+    #[inline(always)]
+    pub fn detect() -> Option<Self> {
+        has_avx2().then_some(Avx2(()))
     }
-    debug_assert!(has_avx2());
-    // SAFETY: callers check `has_avx2()` first, so the CPU executes AVX2 instructions.
-    unsafe { avx2(f) }
+
+    /// Run `f` inside a function compiled with AVX2, so everything inlined into it may use
+    /// 256-bit vectors.
+    #[inline(always)]
+    pub fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2(f) }
+    }
+
+    /// [`avx2::min_max`].
+    #[inline(always)]
+    pub fn min_max(self, xs: &[f32]) -> (f32, f32, bool) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::min_max(xs) }
+    }
+
+    /// [`avx2::encode`].
+    #[inline(always)]
+    pub fn encode(self, xs: &[f32], p: &crate::quant::math::GroupParams, out: &mut [u8]) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::encode(xs, p, out) }
+    }
+
+    /// [`avx2::transpose_8x8`].
+    #[inline(always)]
+    pub fn transpose_8x8(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::transpose_8x8(src, src_stride, dst, dst_stride) }
+    }
 }
 
 /// AVX2 kernels for contiguous float32 groups. Each computes exactly what the portable
@@ -133,6 +168,54 @@ pub mod avx2 {
             let bytes = _mm256_permutevar8x32_epi32(bytes, order);
             // SAFETY: `dst` holds 32 bytes.
             unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes) };
+        }
+    }
+
+    /// Transpose 8×8 floats: `dst[i * dst_stride + j] = src[j * src_stride + i]` for
+    /// `i, j < 8` (eight 8-float loads, shuffles, eight 8-float stores). Copies bits only.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    ///
+    /// # Panics
+    /// When `src` or `dst` is too short for the eight rows it reads or writes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_8x8(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        assert!(src.len() >= 7 * src_stride + 8 && dst.len() >= 7 * dst_stride + 8);
+        let s = src.as_ptr();
+        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 8], in bounds by the assert.
+        let r: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(s.add(j * src_stride)) });
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        let d = dst.as_mut_ptr();
+        for (i, v) in out.into_iter().enumerate() {
+            // SAFETY: row i writes dst[i*dst_stride .. i*dst_stride + 8], in bounds by the assert.
+            unsafe { _mm256_storeu_ps(d.add(i * dst_stride), v) };
         }
     }
 }

@@ -356,6 +356,71 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         Some(&self.data[start..start + len])
     }
 
+    /// `len` elements of a row starting at `row_offset + col*col_stride`, as float32, into
+    /// `out` (replacing its contents): a slice copy when the last axis has stride ±1, else
+    /// one element at a time.
+    #[inline]
+    pub fn read_run(&self, row_offset: isize, col: usize, len: usize, out: &mut Vec<f32>) {
+        out.clear();
+        let stride = self.col_stride();
+        if stride == -1 && len > 0 {
+            // The run is contiguous backwards: read its slice and reverse it.
+            let last = (self.origin as isize + row_offset - (col + len - 1) as isize) as usize;
+            out.extend(self.data[last..last + len].iter().rev().map(|x| x.to_f32()));
+        } else {
+            out.extend((0..len).map(|k| self.get(row_offset, col + k)));
+        }
+    }
+
+    /// Rows `first_row..first_row + rows`, whole, as float32 into `out` (row-major,
+    /// resized to `rows * cols` and overwritten), for views whose last axis is not unit-stride (a transposed
+    /// weight). Column by column: when consecutive rows are adjacent in memory (stride 1
+    /// on the row axis) each column's values are one short slice, so every cache line read
+    /// is used whole instead of once per row.
+    #[inline(always)]
+    pub fn gather_rows(&self, first_row: usize, rows: usize, out: &mut Vec<f32>) {
+        let cols = *self.shape.last().expect("ndim >= 1");
+        // Every value is overwritten below, so a reused buffer is not cleared first.
+        out.resize(rows * cols, 0.0);
+        let offsets: Vec<isize> = (first_row..first_row + rows).map(|r| self.origin as isize + self.row_offset(r)).collect();
+        let stride = self.col_stride();
+        let adjacent = offsets.windows(2).all(|w| w[1] == w[0] + 1);
+        let mut c = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let (true, true, Some(data)) = (adjacent, stride > 0, T::as_f32s(self.data)) {
+            if let Some(cpu) = super::simd::Avx2::detect() {
+                // 8×8 blocks of float32 transposed in registers: 16 vector loads and stores
+                // per 64 values instead of 64 scalar ones.
+                let stride = stride as usize;
+                while c + 8 <= cols {
+                    let at = (offsets[0] + (c * stride) as isize) as usize;
+                    for r in (0..rows - rows % 8).step_by(8) {
+                        cpu.transpose_8x8(&data[at + r..], stride, &mut out[r * cols + c..], cols);
+                    }
+                    for r in rows - rows % 8..rows {
+                        for j in 0..8 {
+                            out[r * cols + c + j] = data[at + j * stride + r];
+                        }
+                    }
+                    c += 8;
+                }
+            }
+        }
+        for c in c..cols {
+            let shift = c as isize * stride;
+            if adjacent {
+                let start = (offsets[0] + shift) as usize;
+                for (i, x) in self.data[start..start + rows].iter().enumerate() {
+                    out[i * cols + c] = x.to_f32();
+                }
+            } else {
+                for (i, &o) in offsets.iter().enumerate() {
+                    out[i * cols + c] = self.data[(o + shift) as usize].to_f32();
+                }
+            }
+        }
+    }
+
     /// Element `col` of the row at `row_offset`, as float32.
     #[inline(always)]
     pub fn get(&self, row_offset: isize, col: usize) -> f32 {
