@@ -1,11 +1,18 @@
 """Side-by-side timing of quantbridge and its peers, in one process and one run.
 
-    python3 benches/bench_quantize.py [--mib 256] [--peer-mib 64] [--repeat 7]
+    python3 benches/bench_quantize.py [--mib 256] [--peer-mib 64] [--rounds 9] [--markdown]
 
-Every figure is reported as a ratio to a baseline measured in the same run (``np.copyto``
-of the same array, i.e. a memcpy), because absolute times drift on shared machines.
-Peers (numpy and torch implementations of the same SPEC §2 int4 group-128 quantizer,
-plus onnxruntime / gguf when installed) run on a smaller tensor, as they are slow.
+Every figure is a ratio to a baseline measured in the same run, because absolute times drift
+on shared machines. The candidates are interleaved: each round times every one of them once
+(baseline included), and each reports its median over the rounds, so a slow spell of the
+machine hits all of them alike instead of one.
+
+* quantbridge rows: against ``np.copyto`` of the same float32 array (a memcpy into an
+  existing array). Half-precision inputs are compared per element (same element count).
+* Peer rows: against quantbridge int4 g128 on the same (smaller) tensor: numpy and torch
+  implementations of the same SPEC §2 quantizer, onnxruntime's C++ ``quantize_matmul_4bits``
+  and gguf-py's Q4_0 when installed (``pip install -e .[bench]``).
+* Small calls: microseconds per call / per layer (these are latencies, not bandwidths).
 """
 
 from __future__ import annotations
@@ -18,16 +25,6 @@ import numpy as np
 import torch
 
 import quantbridge as qb
-
-
-def timeit(fn, repeat):
-    fn()  # warm up (page faults, thread pool start)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def numpy_int4_g128(x):
@@ -83,56 +80,110 @@ def gguf_q4_0():
     return lambda x: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0)
 
 
+def interleaved(candidates: dict[str, callable], rounds: int) -> dict[str, float]:
+    """Median seconds per candidate; every round runs each candidate once, in turn."""
+    for fn in candidates.values():
+        fn()  # warm up: page faults, thread pool start, the buffer pool's first result
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def small_calls(rounds: int) -> list[tuple[str, float]]:
+    """Microseconds per 16×16 quantize() call and per layer of a 10,000-layer batch."""
+    tiny = np.random.default_rng(1).standard_normal((16, 16), dtype=np.float32)
+    layers = {f"layer{i}": tiny.copy() for i in range(10_000)}
+    calls = 2_000
+
+    def many_calls():
+        for _ in range(calls):
+            qb.quantize(tiny)
+
+    t = interleaved({"call": many_calls, "batch": lambda: qb.quantize_batch(layers)}, rounds)
+    return [("quantize() of one 16x16 tensor, end to end", t["call"] / calls * 1e6),
+            ("quantize_batch() of 10,000 16x16 layers, per layer", t["batch"] / len(layers) * 1e6)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--peer-mib", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
 
     n = args.mib * 2**20 // 4
     cols = 8192
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32).reshape(-1, cols)
     dst = np.empty_like(x)
-    base = timeit(lambda: np.copyto(dst, x), args.repeat)
-    rows = [("np.copyto (baseline)", args.mib, base, 1.0)]
-
-    def add(label, fn, mib=args.mib, baseline=base):
-        t = timeit(fn, args.repeat)
-        rows.append((label, mib, t, t / baseline))
-
-    add("quantbridge int4 g128", lambda: qb.quantize(x))
-    add("quantbridge int8 per-channel", lambda: qb.quantize(x, bits=8, group_size=None))
-    add("quantbridge int2 g128", lambda: qb.quantize(x, bits=2))
-    tx = torch.from_numpy(x.reshape(cols, -1).copy()).T  # a transposed torch weight
-    add("quantbridge int4 g128, torch transposed", lambda: qb.quantize(tx))
-    bx = torch.from_numpy(x).to(torch.bfloat16)
-    add("quantbridge int4 g128, bfloat16 input (per element)", lambda: qb.quantize(bx), baseline=base)
+    transposed = torch.from_numpy(x.reshape(cols, -1).copy()).T  # a transposed torch weight
+    reversed_cols = torch.from_numpy(x).flip(1)  # negative last-axis stride (a numpy-style view)
+    halves = {"float16": torch.from_numpy(x).half(), "bfloat16": torch.from_numpy(x).bfloat16()}
     q = qb.quantize(x)
-    out = np.empty_like(x)
-    add("quantbridge dequantize int4 g128", lambda: q.dequantize())
-    add("  (memcpy of dequantize's output size)", lambda: np.copyto(out, x))
 
-    # Peers on the smaller tensor, against quantbridge on the same tensor.
+    def pool_off():
+        previous = qb.configure_buffer_pool(max_bytes=0)["max_bytes"]
+        try:
+            qb.quantize(x)
+        finally:
+            qb.configure_buffer_pool(max_bytes=previous)
+
+    rows = {
+        "np.copyto (memcpy, the baseline)": lambda: np.copyto(dst, x),
+        "int4 g128 asymmetric": lambda: qb.quantize(x),
+        "int8 per-channel": lambda: qb.quantize(x, bits=8, group_size=None),
+        "int2 g128": lambda: qb.quantize(x, bits=2),
+        "int4 g128, transposed torch weight": lambda: qb.quantize(transposed),
+        "int4 g128, negative last-axis stride": lambda: qb.quantize(reversed_cols),
+        "int4 g128, float16 input (same element count)": lambda: qb.quantize(halves["float16"]),
+        "int4 g128, bfloat16 input (same element count)": lambda: qb.quantize(halves["bfloat16"]),
+        "dequantize int4 g128 (float32 out, same size)": lambda: q.dequantize(),
+    }
+    t = interleaved(rows, args.rounds)
+    base = t["np.copyto (memcpy, the baseline)"]
+    table = [(f"quantbridge {name}" if not name.startswith("np.") else name, args.mib, t[name] * 1e3, t[name] / base)
+             for name in rows]
+
+    # The pool off on its own: turning it off frees what the other rows would reuse.
+    t = interleaved({"base": lambda: np.copyto(dst, x), "off": pool_off}, max(3, args.rounds // 2))
+    table.append(("quantbridge int4 g128, buffer pool off (fresh result pages)", args.mib, t["off"] * 1e3,
+                  t["off"] / t["base"]))
+
     pn = args.peer_mib * 2**20 // 4
-    px = x.reshape(-1)[:pn].reshape(-1, cols)
-    ptx = torch.from_numpy(px)
-    qb_small = timeit(lambda: qb.quantize(px), args.repeat)
-    rows.append((f"quantbridge int4 g128 ({args.peer_mib} MiB)", args.peer_mib, qb_small, 1.0))
-    peers = [("numpy int4 g128 (same spec)", lambda: numpy_int4_g128(px)),
-             ("torch int4 g128 (same spec)", lambda: torch_int4_g128(ptx))]
+    px = np.ascontiguousarray(x.reshape(-1)[:pn].reshape(-1, cols))
+    peers = {
+        "quantbridge int4 g128 (the peers' baseline)": lambda: qb.quantize(px),
+        "numpy int4 g128 (same spec)": lambda: numpy_int4_g128(px),
+        "torch int4 g128 (same spec)": (lambda ptx: lambda: torch_int4_g128(ptx))(torch.from_numpy(px)),
+    }
     if (ort := onnxruntime_int4_g128()) is not None:
         pw = np.ascontiguousarray(px.T)
-        peers.append(("onnxruntime quantize_matmul_4bits (block 128)", lambda: ort(pw)))
+        peers["onnxruntime quantize_matmul_4bits (block 128)"] = lambda: ort(pw)
     if (q4_0 := gguf_q4_0()) is not None:
-        peers.append(("gguf-py Q4_0 (block 32)", lambda: q4_0(px)))
-    for label, fn in peers:
-        t = timeit(fn, max(3, args.repeat // 2))
-        rows.append((label, args.peer_mib, t, t / qb_small))
+        peers["gguf-py Q4_0 (block 32)"] = lambda: q4_0(px)
+    tp = interleaved(peers, max(3, args.rounds // 2))
+    pbase = tp["quantbridge int4 g128 (the peers' baseline)"]
+    table += [(name, args.peer_mib, tp[name] * 1e3, tp[name] / pbase) for name in peers]
 
-    print(f"{'what':<52} {'MiB':>5} {'median ms':>10} {'ratio':>8}")
-    for label, mib, t, r in rows:
-        print(f"{label:<52} {mib:>5} {t * 1e3:>10.2f} {r:>7.2f}x")
+    small = small_calls(max(3, args.rounds // 2))
+
+    if args.markdown:
+        print("| what | MiB | median ms | ratio |\n| --- | ---: | ---: | ---: |")
+        for label, mib, ms, r in table:
+            print(f"| {label} | {mib} | {ms:.2f} | {r:.2f}× |")
+        print("\n| small call | µs |\n| --- | ---: |")
+        for label, us in small:
+            print(f"| {label} | {us:.1f} |")
+        return
+    print(f"{'what':<62} {'MiB':>5} {'median ms':>10} {'ratio':>8}")
+    for label, mib, ms, r in table:
+        print(f"{label:<62} {mib:>5} {ms:>10.2f} {r:>7.2f}x")
+    for label, us in small:
+        print(f"{label:<62} {'':>5} {us:>8.1f} µs")
     print("ratios: quantbridge rows vs np.copyto of the same array; peer rows vs quantbridge on the peer tensor")
 
 

@@ -6,9 +6,9 @@
 //! results of the same few sizes again and again, so when a large result is dropped its
 //! vector is kept here (up to a byte limit) and handed to the next result that fits.
 //!
-//! Nothing here is `unsafe`: a kept vector is fully initialized up to its length, and a
-//! reused one is only truncated. Its old contents are stale values of a plain type, which
-//! every caller overwrites completely (the engine writes every code, scale and zero point,
+//! Nothing here is `unsafe`: a kept vector is initialized up to its length, and a reused
+//! one is truncated or zero-extended within its capacity. Its old contents are stale values
+//! of a plain type, which every caller overwrites completely (the engine writes every code, scale and zero point,
 //! and dequantize every value).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,16 +70,18 @@ pub fn take<T: Pooled>(n: usize) -> Result<Vec<T>> {
     zeroed(n)
 }
 
-/// A kept vector with `n..=2n` elements (the closest), truncated to `n`; larger ones would
-/// hold memory the result does not need.
+/// A kept vector with room for `n..=2n` elements (the closest), set to length `n`; larger
+/// ones would hold memory the result does not need.
 fn take_kept<T: Pooled>(n: usize) -> Option<Vec<T>> {
     let mut kept = T::kept().lock().unwrap_or_else(|e| e.into_inner());
     let best = (0..kept.len())
-        .filter(|&i| (n..=n.saturating_mul(2)).contains(&kept[i].len()))
-        .min_by_key(|&i| kept[i].len())?;
+        .filter(|&i| (n..=n.saturating_mul(2)).contains(&kept[i].capacity()))
+        .min_by_key(|&i| kept[i].capacity())?;
     let mut v = kept.swap_remove(best);
+    drop(kept);
     KEPT_BYTES.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
-    v.truncate(n);
+    // Within the capacity: no reallocation, and any new tail lands on pages already mapped.
+    v.resize(n, T::ZERO);
     Some(v)
 }
 
@@ -155,6 +157,11 @@ mod tests {
         let again = take::<u8>(n - 100).unwrap();
         assert_eq!((again.as_ptr(), again.len()), (ptr, n - 100));
         assert!(again.iter().all(|&b| b == 7));
+        // Given back shorter, it still serves its full size (the tail zero-filled).
+        give_back(again);
+        let again = take::<u8>(n).unwrap();
+        assert_eq!((again.as_ptr(), again.len()), (ptr, n));
+        assert!(again[..n - 100].iter().all(|&b| b == 7) && again[n - 100..].iter().all(|&b| b == 0));
         // Small vectors are never kept.
         give_back(small);
         give_back(again);

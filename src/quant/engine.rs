@@ -214,7 +214,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     fn run_dispatch<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
         #[cfg(target_arch = "x86_64")]
         if let Some(cpu) = super::simd::Avx2::detect() {
-            return cpu.vectorize(|| self.run::<STATS>(e0, e1, out));
+            return cpu.vectorize(#[inline(always)] || self.run::<STATS>(e0, e1, out));
         }
         self.run::<STATS>(e0, e1, out)
     }
@@ -231,6 +231,10 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut scratch: Vec<f32> = Vec::new();
         // Whole rows of a view whose last axis is strided, gathered a few at a time.
         let strided = self.data.col_stride() != 1;
+        #[cfg(target_arch = "x86_64")]
+        let vector_kernels = super::simd::Avx2::detect().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector_kernels = false;
         let mut tile: Vec<f32> = if strided { TILE.with(|t| std::mem::take(&mut *t.borrow_mut())) } else { Vec::new() };
         let mut tile_rows = 0..0;
         let mut group = 0;
@@ -251,10 +255,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)
             } else {
                 match self.data.contiguous_run(row_offset, col, len) {
-                    // Half and double precision: widen the group to float32 once (exact for
-                    // f16/bf16; f64 rounds exactly as `to_f32` does everywhere), so the
-                    // float32 kernels do the rest.
-                    Some(run) if T::DTYPE != DType::F32 => {
+                    // Without the vector kernels (which widen in registers), half and double
+                    // precision groups are widened to float32 once (exact for f16/bf16; f64
+                    // rounds exactly as `to_f32` does everywhere), so the float32 loops do
+                    // the rest.
+                    Some(run) if T::DTYPE != DType::F32 && (STATS || !vector_kernels) => {
                         scratch.clear();
                         scratch.extend(run.iter().map(|x| x.to_f32()));
                         self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
@@ -311,15 +316,15 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         };
         let mut rest = xs;
         #[cfg(target_arch = "x86_64")]
-        if let (false, true, Some(f)) = (STATS, writer.byte_aligned(), S::as_f32s(xs)) {
+        if !STATS && writer.byte_aligned() {
             if let Some(cpu) = super::simd::Avx2::detect() {
                 let mut codes = [0u8; BLOCK];
-                let mut blocks = f.chunks_exact(BLOCK);
+                let mut blocks = xs.chunks_exact(BLOCK);
                 for block in &mut blocks {
                     cpu.encode(block, &params, &mut codes); // BLOCK is a multiple of 32
                     writer.push_whole_bytes(&codes);
                 }
-                rest = &xs[xs.len() - blocks.remainder().len()..];
+                rest = blocks.remainder();
             }
         }
         if !STATS && writer.byte_aligned() {
@@ -371,14 +376,12 @@ const LANES: usize = 16;
 #[inline(always)]
 fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(f) = S::as_f32s(xs) {
-        if let Some(cpu) = super::simd::Avx2::detect() {
-            let (mn, mx, finite) = cpu.min_max(f);
-            if finite {
-                return Ok((mn, mx));
-            }
-            return Err(first_non_finite(xs, first_index));
+    if let Some(cpu) = super::simd::Avx2::detect() {
+        let (mn, mx, finite) = cpu.min_max(xs);
+        if finite {
+            return Ok((mn, mx));
         }
+        return Err(first_non_finite(xs, first_index));
     }
     let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
     let mut finite = [true; LANES];

@@ -205,7 +205,7 @@ impl Quantized {
         let work = |(start, piece): (usize, &mut [f32])| {
             #[cfg(target_arch = "x86_64")]
             if let Some(cpu) = super::simd::Avx2::detect() {
-                return cpu.vectorize(|| self.decode_chunk(start, piece));
+                return cpu.vectorize(#[inline(always)] || self.decode_chunk(start, piece));
             }
             self.decode_chunk(start, piece)
         };

@@ -8,6 +8,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use half::{bf16, f16};
+
 /// Lets tests run the portable build of the kernels on an AVX2 machine.
 static VECTOR_UNITS_ALLOWED: AtomicBool = AtomicBool::new(true);
 
@@ -19,14 +21,92 @@ pub fn allow_vector_units(allowed: bool) {
     VECTOR_UNITS_ALLOWED.store(allowed, Ordering::Relaxed);
 }
 
-/// Whether the CPU has AVX2 (cached by std after the first call) and it is allowed.
+/// Whether the CPU has AVX2 and F16C (every AVX2 CPU has both; std caches the answer) and
+/// their use is allowed.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn has_avx2() -> bool {
-    VECTOR_UNITS_ALLOWED.load(Ordering::Relaxed) && std::arch::is_x86_feature_detected!("avx2")
+    VECTOR_UNITS_ALLOWED.load(Ordering::Relaxed)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
-/// Proof that the CPU runs AVX2 (and that it is allowed): an `Avx2` exists only when
+/// Element types the kernels read: widened exactly to float32 (float64 rounded to nearest,
+/// as `as f32` does), one at a time or eight at a time into a vector register.
+pub trait Lane: Copy + 'static {
+    /// One element as float32.
+    fn widen(self) -> f32;
+    /// Eight elements from `p` as float32.
+    ///
+    /// # Safety
+    /// `p` points at eight readable elements; the CPU supports AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees eight readable floats; the load is unaligned.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Lane for f64 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable doubles, and AVX. `cvtpd_ps` rounds
+        // to nearest even (the default MXCSR mode, which Rust never changes), as `as f32`.
+        unsafe {
+            let low = _mm256_cvtpd_ps(_mm256_loadu_pd(p));
+            let high = _mm256_cvtpd_ps(_mm256_loadu_pd(p.add(4)));
+            _mm256_set_m128(high, low)
+        }
+    }
+}
+
+impl Lane for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable bfloat16 (16 bytes), and AVX2. A
+        // bfloat16 is the high half of the float32 of the same value.
+        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+    }
+}
+
+impl Lane for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable float16 (16 bytes), and F16C, whose
+        // conversion to float32 is exact.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// Proof that the CPU runs AVX2 and F16C (and that they are allowed): an `Avx2` exists only when
 /// [`Avx2::detect`] found it, so its methods can call the AVX2 kernels safely. Callers
 /// outside this module need no `unsafe`.
 #[cfg(target_arch = "x86_64")]
@@ -42,10 +122,11 @@ impl Avx2 {
     }
 
     /// Run `f` inside a function compiled with AVX2, so everything inlined into it may use
-    /// 256-bit vectors.
+    /// 256-bit vectors. Pass a closure marked `#[inline(always)]`: one that LLVM leaves out
+    /// of line is compiled for the baseline CPU.
     #[inline(always)]
     pub fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,f16c")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
@@ -55,14 +136,14 @@ impl Avx2 {
 
     /// [`avx2::min_max`].
     #[inline(always)]
-    pub fn min_max(self, xs: &[f32]) -> (f32, f32, bool) {
+    pub fn min_max<W: Lane>(self, xs: &[W]) -> (f32, f32, bool) {
         // SAFETY: `self` proves the CPU supports AVX2.
         unsafe { avx2::min_max(xs) }
     }
 
     /// [`avx2::encode`].
     #[inline(always)]
-    pub fn encode(self, xs: &[f32], p: &crate::quant::math::GroupParams, out: &mut [u8]) {
+    pub fn encode<W: Lane>(self, xs: &[W], p: &crate::quant::math::GroupParams, out: &mut [u8]) {
         // SAFETY: `self` proves the CPU supports AVX2.
         unsafe { avx2::encode(xs, p, out) }
     }
@@ -75,22 +156,23 @@ impl Avx2 {
     }
 }
 
-/// AVX2 kernels for contiguous float32 groups. Each computes exactly what the portable
-/// code computes (`min_max`, `GroupParams::encode`): IEEE single-precision multiply, add
+/// AVX2 kernels for contiguous float32, float16 and bfloat16 groups (the halves widened
+/// exactly to float32 in registers). Each computes exactly what the portable code computes (`min_max`, `GroupParams::encode`): IEEE single-precision multiply, add
 /// and subtract in the same order, min/max that agree with compare-and-select on finite
 /// values, and truncating conversions of values that are already integral.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::Lane;
     use crate::quant::math::GroupParams;
 
     /// `(min, max, all finite)` of `xs`.
     ///
     /// # Safety
     /// The CPU supports AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn min_max(xs: &[f32]) -> (f32, f32, bool) {
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn min_max<W: Lane>(xs: &[W]) -> (f32, f32, bool) {
         let mut lo = _mm256_set1_ps(f32::INFINITY);
         let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
@@ -98,8 +180,8 @@ pub mod avx2 {
         let mut finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
         let mut blocks = xs.chunks_exact(8);
         for block in &mut blocks {
-            // SAFETY: `block` has exactly 8 floats; the load is unaligned.
-            let v = unsafe { _mm256_loadu_ps(block.as_ptr()) };
+            // SAFETY: `block` has exactly 8 elements; AVX2 and F16C are enabled here.
+            let v = unsafe { W::load8(block.as_ptr()) };
             lo = _mm256_min_ps(lo, v);
             hi = _mm256_max_ps(hi, v);
             // |v| < inf is false for ±inf and NaN.
@@ -118,7 +200,8 @@ pub mod avx2 {
             mn = if lows[j] < mn { lows[j] } else { mn };
             mx = if highs[j] > mx { highs[j] } else { mx };
         }
-        for &v in blocks.remainder() {
+        for &x in blocks.remainder() {
+            let v = x.widen();
             mn = if v < mn { v } else { mn };
             mx = if v > mx { v } else { mx };
             all_finite &= v.is_finite();
@@ -131,8 +214,8 @@ pub mod avx2 {
     ///
     /// # Safety
     /// The CPU supports AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn encode(xs: &[f32], p: &GroupParams, out: &mut [u8]) {
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn encode<W: Lane>(xs: &[W], p: &GroupParams, out: &mut [u8]) {
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len());
         let inv = _mm256_set1_ps(p.inv);
         let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
@@ -151,13 +234,13 @@ pub mod avx2 {
         };
         for (block, dst) in xs.chunks_exact(32).zip(out.chunks_exact_mut(32)) {
             let p = block.as_ptr();
-            // SAFETY: `block` holds 32 floats: four unaligned 8-float loads.
+            // SAFETY: `block` holds 32 elements: four 8-element loads.
             let (a, b, c, d) = unsafe {
                 (
-                    code(_mm256_loadu_ps(p)),
-                    code(_mm256_loadu_ps(p.add(8))),
-                    code(_mm256_loadu_ps(p.add(16))),
-                    code(_mm256_loadu_ps(p.add(24))),
+                    code(W::load8(p)),
+                    code(W::load8(p.add(8))),
+                    code(W::load8(p.add(16))),
+                    code(W::load8(p.add(24))),
                 )
             };
             // Every code fits 16 bits exactly; then 8 bits (unsigned, or signed for int8).
@@ -180,7 +263,7 @@ pub mod avx2 {
     /// # Panics
     /// When `src` or `dst` is too short for the eight rows it reads or writes.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn transpose_8x8(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
         assert!(src.len() >= 7 * src_stride + 8 && dst.len() >= 7 * dst_stride + 8);
         let s = src.as_ptr();

@@ -45,7 +45,7 @@ impl DType {
 }
 
 /// A float type the engine can read; it is converted to float32 on load.
-pub trait Element: Copy + Send + Sync + 'static {
+pub trait Element: super::simd::Lane + Send + Sync {
     /// The runtime tag of this type.
     const DTYPE: DType;
     /// Convert to float32 (float64 rounds to nearest, the others are exact).
