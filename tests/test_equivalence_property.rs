@@ -68,7 +68,7 @@ proptest! {
             let spec = QuantSpec::from_options(bits as i64, group, symmetric, "group", "float32", true, false).unwrap();
             let q = quantize(&view, &spec).unwrap();
             let codes: Vec<u8> = eval(py, &ns, "reference[0]").unwrap().extract().unwrap();
-            prop_assert_eq!(q.codes, codes);
+            prop_assert_eq!(&q.codes, &codes);
             let scales: Vec<f32> = eval(py, &ns, "np.frombuffer(reference[1], np.float32).tolist()").unwrap().extract().unwrap();
             prop_assert_eq!((0..q.scales.len()).map(|i| q.scales.get(i)).collect::<Vec<_>>(), scales);
             Ok(())
