@@ -318,11 +318,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         #[cfg(target_arch = "x86_64")]
         if !STATS && writer.byte_aligned() {
             if let Some(cpu) = super::simd::Avx2::detect() {
-                let mut codes = [0u8; BLOCK];
+                // Encoded and packed in registers, straight into the stream.
+                let bytes = BLOCK / writer.codes_per_byte();
                 let mut blocks = xs.chunks_exact(BLOCK);
                 for block in &mut blocks {
-                    cpu.encode(block, &params, &mut codes); // BLOCK is a multiple of 32
-                    writer.push_whole_bytes(&codes);
+                    cpu.encode(block, &params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
                 }
                 rest = blocks.remainder();
             }

@@ -56,6 +56,21 @@ impl<'o> CodeWriter<'o> {
         self.filled == 0
     }
 
+    /// Bits per code (8 also for unpacked storage).
+    #[inline(always)]
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// The next `n` whole bytes of the stream, for a caller that packs them itself; the
+    /// writer is [`Self::byte_aligned`] and stays so.
+    #[inline(always)]
+    pub fn next_bytes(&mut self, n: usize) -> &mut [u8] {
+        debug_assert!(self.byte_aligned());
+        self.pos += n;
+        &mut self.out[self.pos - n..self.pos]
+    }
+
     /// Codes per byte at this writer's width.
     #[inline(always)]
     pub fn codes_per_byte(&self) -> usize {

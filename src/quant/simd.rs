@@ -143,9 +143,9 @@ impl Avx2 {
 
     /// [`avx2::encode`].
     #[inline(always)]
-    pub fn encode<W: Lane>(self, xs: &[W], p: &crate::quant::math::GroupParams, out: &mut [u8]) {
+    pub fn encode<W: Lane>(self, xs: &[W], p: &crate::quant::math::GroupParams, bits: u32, out: &mut [u8]) {
         // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::encode(xs, p, out) }
+        unsafe { avx2::encode(xs, p, bits, out) }
     }
 
     /// [`avx2::transpose_8x8`].
@@ -171,6 +171,7 @@ pub mod avx2 {
     ///
     /// # Safety
     /// The CPU supports AVX2.
+    #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn min_max<W: Lane>(xs: &[W]) -> (f32, f32, bool) {
         let mut lo = _mm256_set1_ps(f32::INFINITY);
@@ -209,14 +210,18 @@ pub mod avx2 {
         (mn, mx, all_finite)
     }
 
-    /// One stored byte per element of `xs` (`xs.len()` a multiple of 32, `out` as long):
-    /// `clamp(rint(x * inv) + zp, lo, hi) + offset`, as `GroupParams::encode`.
+    /// The stored codes of `xs` (`xs.len()` a multiple of 32), `bits` bits each, packed
+    /// into `out` (`xs.len() * bits / 8` bytes; `bits = 8` also serves unpacked storage):
+    /// `clamp(rint(x * inv) + zp, lo, hi) + offset`, as `GroupParams::encode`, then the
+    /// SPEC §2 little-end-first packing of `CodeWriter`.
     ///
     /// # Safety
     /// The CPU supports AVX2.
+    #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn encode<W: Lane>(xs: &[W], p: &GroupParams, out: &mut [u8]) {
-        debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len());
+    pub unsafe fn encode<W: Lane>(xs: &[W], p: &GroupParams, bits: u32, out: &mut [u8]) {
+        let out_block = 32 * bits as usize / 8;
+        debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() / 32 * out_block);
         let inv = _mm256_set1_ps(p.inv);
         let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
         let zp = _mm256_set1_ps(p.zp);
@@ -232,7 +237,13 @@ pub mod avx2 {
             let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
             _mm256_add_epi32(_mm256_cvttps_epi32(q), offset)
         };
-        for (block, dst) in xs.chunks_exact(32).zip(out.chunks_exact_mut(32)) {
+        // Multipliers that fold neighbouring codes into one value (maddubs: unsigned bytes
+        // times signed bytes, adjacent pairs summed): c0 + 16·c1 for nibbles; c0 + 4·c1,
+        // then (c0 + 4·c1) + 16·(c2 + 4·c3) for 2-bit codes. Every sum is at most 255.
+        let nibble_pairs = _mm256_set1_epi16(0x1001);
+        let crumb_pairs = _mm256_set1_epi16(0x0401);
+        let crumb_quads = _mm256_set1_epi32(0x0010_0001);
+        for (block, dst) in xs.chunks_exact(32).zip(out.chunks_exact_mut(out_block)) {
             let p = block.as_ptr();
             // SAFETY: `block` holds 32 elements: four 8-element loads.
             let (a, b, c, d) = unsafe {
@@ -249,8 +260,29 @@ pub mod avx2 {
             let bytes = if signed { _mm256_packs_epi16(ab, cd) } else { _mm256_packus_epi16(ab, cd) };
             // The packs work within 128-bit lanes; put the 4-byte groups back in order.
             let bytes = _mm256_permutevar8x32_epi32(bytes, order);
-            // SAFETY: `dst` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes) };
+            match bits {
+                4 => {
+                    // 16 words c[2i] + 16·c[2i+1], narrowed to bytes (lanes 0 and 2 of the
+                    // 64-bit quarters hold them in order).
+                    let words = _mm256_maddubs_epi16(bytes, nibble_pairs);
+                    let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(words, words));
+                    // SAFETY: `dst` holds 16 bytes.
+                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
+                }
+                2 => {
+                    // 8 dwords c[4i] + 4·c[4i+1] + 16·c[4i+2] + 64·c[4i+3], narrowed to bytes.
+                    let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(bytes, crumb_pairs), crumb_quads);
+                    let words = _mm256_packs_epi32(quads, quads);
+                    let narrow = _mm256_packus_epi16(words, words);
+                    let packed = _mm256_permutevar8x32_epi32(narrow, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+                    // SAFETY: `dst` holds 8 bytes.
+                    unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
+                }
+                _ => {
+                    // SAFETY: `dst` holds 32 bytes.
+                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes) };
+                }
+            }
         }
     }
 
