@@ -272,6 +272,21 @@ fn first_non_finite_is_reported_by_flat_index() {
     }
 }
 
+/// Transposed views are quantized in column blocks, out of flat order: the error must
+/// still name the first non-finite element a row-major scan meets.
+#[test]
+fn first_non_finite_of_a_transposed_view_is_the_first_in_flat_order() {
+    let (rows, cols) = (600usize, 500usize);
+    // Stored column-major: element (r, c) at c * rows + r.
+    let mut values = vec![1.0f32; rows * cols];
+    values[400 * rows + 5] = f32::NAN; // (5, 400): flat 2_900, in the fourth group of its row
+    values[10 * rows + 100] = f32::INFINITY; // (100, 10): flat 50_010, met first by column blocks
+    let view = TensorView::new(ElemSlice::F32(&values), 0, vec![rows, cols], vec![1, rows as isize]).unwrap();
+    let spec = QuantSpec { stats: false, ..QuantSpec::default() };
+    let err = quantize(&view, &spec).unwrap_err();
+    assert!(matches!(err, quantbridge::Error::NonFinite { index: 2_900, .. }), "{err:?}");
+}
+
 #[test]
 fn zero_size_tensors_give_empty_results() {
     let values: Vec<f32> = vec![];

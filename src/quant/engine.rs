@@ -81,11 +81,17 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
     let (rows, cols) = view.rows_cols();
     let layout = Layout::new(rows, cols, spec.granularity);
     let n = layout.numel();
-    // A strided last axis is gathered in tiles of whole rows, so its chunks hold a tile.
+    // A strided last axis is gathered in blocks or tiles of whole rows, so its chunks hold
+    // one (within reason: a chunk is also the unit of parallel work).
     let bounds = if data.col_stride() == 1 {
         layout.chunk_bounds()
     } else {
-        layout.chunk_bounds_of(CHUNK_ELEMENTS.max(cols.saturating_mul(MAX_TILE_ROWS).min(TILE_ELEMENTS)))
+        let rows = if layout.group_len <= MAX_BLOCK_COLS { BLOCK_ROWS } else { MAX_TILE_ROWS };
+        let size = CHUNK_ELEMENTS.max(cols.saturating_mul(rows).min(MAX_STRIDED_CHUNK));
+        // Whole rows, a multiple of 8 of them, so chunks start on row starts (which are
+        // then multiples of 8 elements, as chunk starts must be).
+        let rows = size.div_ceil(cols.max(1)).next_multiple_of(8);
+        layout.chunk_bounds_of(rows.saturating_mul(cols))
     };
     let inner = &bounds[1..bounds.len() - 1];
 
@@ -221,7 +227,95 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 
     /// Quantize flat elements `e0..e1` (a run of whole groups starting on a byte boundary).
     #[inline(always)]
-    fn run<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
+    fn run<const STATS: bool>(&self, e0: usize, e1: usize, mut out: ChunkOut<'_>) -> Result<StatsAcc> {
+        if self.column_blocks_fit::<STATS>(e0, e1) {
+            match self.run_column_blocks(e0, e1, &mut out) {
+                Ok(acc) => return Ok(acc),
+                // Groups ran out of order: the in-order pass finds the error a sequential
+                // scan meets first (and rewrites every output).
+                Err(_) => return self.run_rows::<STATS>(e0, e1, out),
+            }
+        }
+        self.run_rows::<STATS>(e0, e1, out)
+    }
+
+    /// Whether [`Self::run_column_blocks`] can quantize `e0..e1`: a strided view in groups
+    /// of a few hundred columns, whole rows, every group starting on a byte boundary, and no
+    /// stats (their float64 sums run in flat order).
+    #[inline(always)]
+    fn column_blocks_fit<const STATS: bool>(&self, e0: usize, e1: usize) -> bool {
+        let lay = self.layout;
+        let bits = self.writer_bits();
+        !STATS
+            && self.fixed.is_none()
+            && lay.cols > 0
+            && self.data.col_stride() != 1
+            && lay.group_len <= MAX_BLOCK_COLS
+            && e0.is_multiple_of(lay.cols)
+            && e1.is_multiple_of(lay.cols)
+            && e1 - e0 >= 2 * lay.cols
+            && (lay.cols * bits).is_multiple_of(8)
+            && (lay.group_len * bits).is_multiple_of(8)
+    }
+
+    /// Bits per stored code (8 for unpacked storage).
+    #[inline(always)]
+    fn writer_bits(&self) -> usize {
+        if self.spec.pack {
+            self.spec.bits as usize
+        } else {
+            8
+        }
+    }
+
+    /// The rows of `e0..e1` in blocks of [`BLOCK_ROWS`] rows × one group's columns: each
+    /// block is gathered (transposed) into a buffer that stays in L2 and its groups
+    /// quantized from there, writing codes, scales and zero points at their own positions.
+    /// Reading 512 rows of a transposed weight's column at a time uses 2 KiB of contiguous
+    /// memory per page visited. Stops at the first error it meets, which may not be the
+    /// first in flat order.
+    #[inline(always)]
+    fn run_column_blocks(&self, e0: usize, e1: usize, out: &mut ChunkOut<'_>) -> Result<StatsAcc> {
+        let lay = self.layout;
+        let bits = self.writer_bits();
+        let (r0, r1) = (e0 / lay.cols, e1 / lay.cols);
+        let first_group = lay.group_of(e0);
+        let mut acc = StatsAcc::default();
+        let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let mut result = Ok(());
+        'blocks: for rb in (r0..r1).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(r1 - rb);
+            for j in 0..lay.groups_per_row {
+                let c0 = j * lay.group_len;
+                let width = lay.group_len.min(lay.cols - c0);
+                self.data.gather(rb, rows, c0..c0 + width, &mut block);
+                for (i, xs) in block.chunks_exact(width).enumerate() {
+                    let e = (rb + i) * lay.cols + c0;
+                    let at = (e - e0) * bits / 8;
+                    let mut writer = CodeWriter::new(&mut out.codes[at..at + width * bits / 8], bits as u8);
+                    let params = match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
+                        Ok(p) => p.expect("a group quantized on its own has its own parameters"),
+                        Err(err) => {
+                            result = Err(err);
+                            break 'blocks;
+                        }
+                    };
+                    writer.finish();
+                    let g = (rb + i) * lay.groups_per_row + j - first_group;
+                    out.scales[g] = params.scale;
+                    if let Some(z) = out.zero_points.get_mut(g) {
+                        *z = params.zp as u8;
+                    }
+                }
+            }
+        }
+        TILE.with(|t| *t.borrow_mut() = block);
+        result.map(|()| acc)
+    }
+
+    /// Quantize flat elements `e0..e1` group after group, in flat order.
+    #[inline(always)]
+    fn run_rows<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
         let lay = self.layout;
         if e0 == e1 {
             return Ok(StatsAcc::default());
@@ -246,7 +340,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             if strided && col == 0 && !tile_rows.contains(&row) {
                 let rows = ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS);
                 if rows >= 2 {
-                    self.data.gather_rows(row, rows, &mut tile);
+                    self.data.gather(row, rows, 0..lay.cols, &mut tile);
                     tile_rows = row..row + rows;
                 }
             }
@@ -355,15 +449,25 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 /// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole
 /// bytes at every width).
 const BLOCK: usize = 64;
-/// Most float32 values a gathered tile of strided rows holds (512 KiB: it stays in L2).
-const TILE_ELEMENTS: usize = 1 << 20;
+/// Most float32 values a tile of whole strided rows holds (2 MiB: in L2 and L3; used for
+/// per-channel and per-tensor, whose groups span whole rows).
+const TILE_ELEMENTS: usize = 1 << 19;
 thread_local! {
     /// Each worker thread's tile, kept between chunks: a fresh multi-MiB allocation per
     /// chunk would fault in (and zero) its pages every time.
     static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-/// Most rows per tile: 16 float32 values of a transposed weight's column fill a cache line.
-const MAX_TILE_ROWS: usize = 128;
+/// Largest chunk of a strided view, in elements.
+const MAX_STRIDED_CHUNK: usize = 1 << 22;
+/// Rows per block of [`Chunk::run_column_blocks`]: 2 KiB of each float32 column of a
+/// transposed weight per page visited (128 rows ran 1.3× slower: TLB misses).
+const BLOCK_ROWS: usize = 512;
+/// Widest group [`Chunk::run_column_blocks`] takes (a block of 512 × 256 floats is 512 KiB,
+/// within L2).
+const MAX_BLOCK_COLS: usize = 256;
+/// Most rows per tile: 256 bytes of a transposed weight's column per page visited (16 rows
+/// ran 1.7× slower).
+const MAX_TILE_ROWS: usize = 64;
 /// Independent accumulators in [`min_max`], so the reduction vectorizes.
 const LANES: usize = 16;
 

@@ -372,16 +372,17 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         }
     }
 
-    /// Rows `first_row..first_row + rows`, whole, as float32 into `out` (row-major,
-    /// resized to `rows * cols` and overwritten), for views whose last axis is not unit-stride (a transposed
-    /// weight). Column by column: when consecutive rows are adjacent in memory (stride 1
-    /// on the row axis) each column's values are one short slice, so every cache line read
-    /// is used whole instead of once per row.
+    /// Rows `first_row..first_row + rows`, columns `cols` of each, as float32 into `out`
+    /// (row-major with `cols.len()` values per row; resized to fit and overwritten), for
+    /// views whose last axis is not unit-stride (a transposed weight). Column by column:
+    /// when consecutive rows are adjacent in memory (stride 1 on the row axis) each
+    /// column's values are one short slice, so every cache line read is used whole instead
+    /// of once per row.
     #[inline(always)]
-    pub fn gather_rows(&self, first_row: usize, rows: usize, out: &mut Vec<f32>) {
-        let cols = *self.shape.last().expect("ndim >= 1");
+    pub fn gather(&self, first_row: usize, rows: usize, cols: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let width = cols.len();
         // Every value is overwritten below, so a reused buffer is not cleared first.
-        out.resize(rows * cols, 0.0);
+        out.resize(rows * width, 0.0);
         let offsets: Vec<isize> = (first_row..first_row + rows).map(|r| self.origin as isize + self.row_offset(r)).collect();
         let stride = self.col_stride();
         let adjacent = offsets.windows(2).all(|w| w[1] == w[0] + 1);
@@ -392,30 +393,30 @@ impl<'a, T: Element> Strided<'a, '_, T> {
                 // 8×8 blocks of float32 transposed in registers: 16 vector loads and stores
                 // per 64 values instead of 64 scalar ones.
                 let stride = stride as usize;
-                while c + 8 <= cols {
-                    let at = (offsets[0] + (c * stride) as isize) as usize;
+                while c + 8 <= width {
+                    let at = (offsets[0] + ((cols.start + c) * stride) as isize) as usize;
                     for r in (0..rows - rows % 8).step_by(8) {
-                        cpu.transpose_8x8(&data[at + r..], stride, &mut out[r * cols + c..], cols);
+                        cpu.transpose_8x8(&data[at + r..], stride, &mut out[r * width + c..], width);
                     }
                     for r in rows - rows % 8..rows {
                         for j in 0..8 {
-                            out[r * cols + c + j] = data[at + j * stride + r];
+                            out[r * width + c + j] = data[at + j * stride + r];
                         }
                     }
                     c += 8;
                 }
             }
         }
-        for c in c..cols {
-            let shift = c as isize * stride;
+        for c in c..width {
+            let shift = (cols.start + c) as isize * stride;
             if adjacent {
                 let start = (offsets[0] + shift) as usize;
                 for (i, x) in self.data[start..start + rows].iter().enumerate() {
-                    out[i * cols + c] = x.to_f32();
+                    out[i * width + c] = x.to_f32();
                 }
             } else {
                 for (i, &o) in offsets.iter().enumerate() {
-                    out[i * cols + c] = self.data[(o + shift) as usize].to_f32();
+                    out[i * width + c] = self.data[(o + shift) as usize].to_f32();
                 }
             }
         }
