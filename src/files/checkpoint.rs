@@ -211,7 +211,7 @@ impl Checkpoint {
             let data = buffer.slice_with_length(offset, len);
             // arrow-ipc trusts the buffer offsets inside a batch's metadata and panics on
             // hostile ones (found by fuzz/checkpoint): contain that, then validate fully.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let decoded = contain_panic(|| {
                 let batch = decoder.read_record_batch(block, &data)?;
                 if let Some(b) = &batch {
                     for column in b.columns() {
@@ -219,7 +219,7 @@ impl Checkpoint {
                     }
                 }
                 Ok::<_, arrow_schema::ArrowError>(batch)
-            }));
+            });
             match decoded {
                 Ok(Ok(Some(batch))) => batches.push(batch),
                 Ok(Ok(None)) => {}
@@ -355,4 +355,30 @@ fn typed(bytes: &[u8], dtype: DType) -> Option<ElemSlice<'_>> {
         DType::BF16 => ElemSlice::BF16(bytemuck::try_cast_slice::<u8, bf16>(bytes).ok()?),
         DType::F64 => ElemSlice::F64(bytemuck::try_cast_slice::<u8, f64>(bytes).ok()?),
     })
+}
+
+thread_local! {
+    /// Set while this thread runs a panic that [`contain_panic`] turns into an error.
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, turning a panic inside it into `Err(())` without the default hook's
+/// "thread panicked at" message (a corrupt file gets one clear error, not a crash report).
+///
+/// The quieting hook is installed once and delegates to the previous hook for every panic
+/// outside a `contain_panic` call, on any thread.
+fn contain_panic<R>(f: impl FnOnce() -> R) -> std::result::Result<R, ()> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINING.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+    CONTAINING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(false));
+    result.map_err(|_| ())
 }
