@@ -77,3 +77,32 @@ def test_zero_turns_reuse_off_and_frees_what_is_kept(pool):
     assert qb.configure_buffer_pool(max_bytes=0) == {"max_bytes": 0, "kept_bytes": 0}
     qb.quantize(tensor(3), bits=8).dequantize()
     assert qb.configure_buffer_pool()["kept_bytes"] == 0
+
+
+def test_threads_sharing_the_pool_get_their_own_results(pool):
+    """Four threads quantize and dequantize tensors of the same few sizes at once: every
+    buffer is handed to one result at a time, so every result is the expected one."""
+    import threading
+
+    tensors = [tensor(10 + i, rows=512) * (i + 1) for i in range(4)]  # 4 MiB each
+    expected = []
+    for x in tensors:
+        q = qb.quantize(x, bits=8)
+        expected.append((q.codes.tobytes(), q.dequantize().tobytes()))
+    bad = []
+
+    def work(i):
+        for k in range(25):
+            j = (i + k) % len(tensors)
+            q = qb.quantize(tensors[j], bits=8)
+            got = (q.codes.tobytes(), q.dequantize().tobytes())
+            if got != expected[j]:
+                bad.append((i, k))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+    assert qb.configure_buffer_pool()["kept_bytes"] <= 256 * MIB
