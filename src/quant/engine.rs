@@ -87,7 +87,8 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
         layout.chunk_bounds()
     } else {
         let rows = if layout.group_len <= MAX_BLOCK_COLS { BLOCK_ROWS } else { MAX_TILE_ROWS };
-        let size = CHUNK_ELEMENTS.max(cols.saturating_mul(rows).min(MAX_STRIDED_CHUNK));
+        // At least 8 chunks when the tensor allows, so both cores (and more) get work.
+        let size = CHUNK_ELEMENTS.max(cols.saturating_mul(rows).min(MAX_STRIDED_CHUNK).min(n / 8));
         // Whole rows, a multiple of 8 of them, so chunks start on row starts (which are
         // then multiples of 8 elements, as chunk starts must be).
         let rows = size.div_ceil(cols.max(1)).next_multiple_of(8);
