@@ -272,6 +272,21 @@ fn first_non_finite_is_reported_by_flat_index() {
     }
 }
 
+/// bfloat16 groups find their extremes on 16-bit keys: every non-finite kind, in every
+/// lane position, is still reported at its flat index.
+#[test]
+fn first_non_finite_bfloat16_is_reported_by_flat_index() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for at in [0usize, 5, 15, 16, 31, 127, 130, 255] {
+            let mut values: Vec<bf16> = (0..256).map(|i| bf16::from_f32(i as f32 - 100.0)).collect();
+            values[at] = bf16::from_f32(bad);
+            let view = TensorView::contiguous(ElemSlice::BF16(&values), vec![2, 128]).unwrap();
+            let err = quantize(&view, &QuantSpec { stats: false, ..QuantSpec::default() }).unwrap_err();
+            assert!(matches!(err, quantbridge::Error::NonFinite { index, .. } if index == at), "{bad} at {at}: {err:?}");
+        }
+    }
+}
+
 /// Transposed views are quantized in column blocks, out of flat order: the error must
 /// still name the first non-finite element a row-major scan meets.
 #[test]

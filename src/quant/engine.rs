@@ -7,6 +7,7 @@ use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
 use super::quantized::{Quantized, Scales, Stats, StatsAcc};
+use super::simd::Avx2;
 use super::spec::QuantSpec;
 use super::view::{DType, Element, Strided, TensorView};
 use crate::buffer_pool;
@@ -123,7 +124,7 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
         .collect();
 
     let results = run_chunks_with(&bounds, outs, |out, e0, e1| {
-        let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref() };
+        let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref(), cpu: Avx2::detect() };
         if spec.stats {
             chunk.run_dispatch::<true>(e0, e1, out)
         } else {
@@ -213,6 +214,8 @@ struct Chunk<'c, 'a, 'v, T> {
     spec: &'c QuantSpec,
     /// The per-tensor parameters, when there is one group for everything.
     fixed: Option<&'c GroupParams>,
+    /// The AVX2 kernels, when the CPU has them (detected once per chunk, not per group).
+    cpu: Option<Avx2>,
 }
 
 impl<T: Element> Chunk<'_, '_, '_, T> {
@@ -220,7 +223,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// never with `target-cpu=native`): the same source, so the same bits.
     fn run_dispatch<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
         #[cfg(target_arch = "x86_64")]
-        if let Some(cpu) = super::simd::Avx2::detect() {
+        if let Some(cpu) = self.cpu {
             return cpu.vectorize(#[inline(always)] || self.run::<STATS>(e0, e1, out));
         }
         self.run::<STATS>(e0, e1, out)
@@ -326,10 +329,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut scratch: Vec<f32> = Vec::new();
         // Whole rows of a view whose last axis is strided, gathered a few at a time.
         let strided = self.data.col_stride() != 1;
-        #[cfg(target_arch = "x86_64")]
-        let vector_kernels = super::simd::Avx2::detect().is_some();
-        #[cfg(not(target_arch = "x86_64"))]
-        let vector_kernels = false;
+        let vector_kernels = self.cpu.is_some();
         let mut tile: Vec<f32> = if strided { TILE.with(|t| std::mem::take(&mut *t.borrow_mut())) } else { Vec::new() };
         let mut tile_rows = 0..0;
         let mut group = 0;
@@ -403,7 +403,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let (params, fresh) = match self.fixed {
             Some(p) => (*p, false),
             None => {
-                let (mn, mx) = min_max(xs, e)?;
+                let (mn, mx) = min_max(xs, e, self.cpu)?;
                 let p = group_params(mn, mx, self.spec)
                     .ok_or_else(|| scale_error(self.spec, self.layout.group_of(e)))?;
                 (p, true)
@@ -412,12 +412,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut rest = xs;
         #[cfg(target_arch = "x86_64")]
         if !STATS && writer.byte_aligned() {
-            if let Some(cpu) = super::simd::Avx2::detect() {
+            if let Some(cpu) = self.cpu {
                 // Encoded and packed in registers, straight into the stream.
                 let bytes = BLOCK / writer.codes_per_byte();
                 let mut blocks = xs.chunks_exact(BLOCK);
                 for block in &mut blocks {
-                    cpu.encode(block, &params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
+                    cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
                 }
                 rest = blocks.remainder();
             }
@@ -479,9 +479,9 @@ const LANES: usize = 16;
 /// `-0.0`/`0.0` tie cannot change a scale or zero point), and a non-finite input is found
 /// by the separate check and reported, not used.
 #[inline(always)]
-fn min_max<S: Element>(xs: &[S], first_index: usize) -> Result<(f32, f32)> {
+fn min_max<S: Element>(xs: &[S], first_index: usize, cpu: Option<Avx2>) -> Result<(f32, f32)> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(cpu) = super::simd::Avx2::detect() {
+    if let Some(cpu) = cpu {
         let (mn, mx, finite) = cpu.min_max(xs);
         if finite {
             return Ok((mn, mx));
@@ -538,15 +538,16 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
     let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
     let mut e = e0;
     let mut scratch = Vec::new();
+    let cpu = Avx2::detect();
     while e < e1 {
         let len = (lay.cols - col).min(e1 - e);
         let row_offset = data.row_offset(row);
         let (a, b) = match data.contiguous_run(row_offset, col, len) {
-            Some(run) => min_max(run, e)?,
+            Some(run) => min_max(run, e, cpu)?,
             None => {
                 scratch.clear();
                 scratch.extend((0..len).map(|k| data.get(row_offset, col + k)));
-                min_max(&scratch, e)?
+                min_max(&scratch, e, cpu)?
             }
         };
         (mn, mx) = (mn.min(a), mx.max(b));

@@ -24,12 +24,14 @@ pub struct CodeWriter<'o> {
     acc: u32,
     filled: u32,
     bits: u32,
+    /// `8 / bits`, kept so the per-group path does no integer division.
+    per_byte: u32,
 }
 
 impl<'o> CodeWriter<'o> {
     /// A writer of `bits`-bit codes; `bits = 8` also serves unpacked storage.
     pub fn new(out: &'o mut [u8], bits: u8) -> Self {
-        CodeWriter { out, pos: 0, acc: 0, filled: 0, bits: bits as u32 }
+        CodeWriter { out, pos: 0, acc: 0, filled: 0, bits: bits as u32, per_byte: 8 / bits as u32 }
     }
 
     /// Append one code (only its low `bits` bits are set).
@@ -74,7 +76,7 @@ impl<'o> CodeWriter<'o> {
     /// Codes per byte at this writer's width.
     #[inline(always)]
     pub fn codes_per_byte(&self) -> usize {
-        (8 / self.bits) as usize
+        self.per_byte as usize
     }
 
     /// Append one-byte codes filling whole bytes: the writer is [`Self::byte_aligned`] and

@@ -42,6 +42,17 @@ pub trait Lane: Copy + 'static {
     /// `p` points at eight readable elements; the CPU supports AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// `(min, max, all finite)` of `xs` as float32 ([`avx2::min_max`] unless the type has a
+    /// cheaper way).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn min_max_avx2(xs: &[Self]) -> (f32, f32, bool) {
+        // SAFETY: the caller guarantees AVX2 and F16C.
+        unsafe { avx2::min_max(xs) }
+    }
 }
 
 impl Lane for f32 {
@@ -83,6 +94,12 @@ impl Lane for bf16 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    unsafe fn min_max_avx2(xs: &[Self]) -> (f32, f32, bool) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { avx2::min_max_bf16(xs) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees eight readable bfloat16 (16 bytes), and AVX2. A
@@ -103,6 +120,20 @@ impl Lane for f16 {
         // SAFETY: the caller guarantees eight readable float16 (16 bytes), and F16C, whose
         // conversion to float32 is exact.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// Elsewhere there are no AVX2 kernels: [`Avx2::detect`] always says so.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2(());
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Avx2 {
+    /// Always `None` on this architecture.
+    #[inline(always)]
+    pub fn detect() -> Option<Self> {
+        None
     }
 }
 
@@ -138,12 +169,12 @@ impl Avx2 {
     #[inline(always)]
     pub fn min_max<W: Lane>(self, xs: &[W]) -> (f32, f32, bool) {
         // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::min_max(xs) }
+        unsafe { W::min_max_avx2(xs) }
     }
 
     /// [`avx2::encode`].
     #[inline(always)]
-    pub fn encode<W: Lane>(self, xs: &[W], p: &crate::quant::math::GroupParams, bits: u32, out: &mut [u8]) {
+    pub fn encode<W: Lane>(self, xs: &[W], p: crate::quant::math::GroupParams, bits: u32, out: &mut [u8]) {
         // SAFETY: `self` proves the CPU supports AVX2.
         unsafe { avx2::encode(xs, p, bits, out) }
     }
@@ -163,6 +194,8 @@ impl Avx2 {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
+
+    use half::bf16;
 
     use super::Lane;
     use crate::quant::math::GroupParams;
@@ -210,6 +243,55 @@ pub mod avx2 {
         (mn, mx, all_finite)
     }
 
+    /// [`min_max`] for bfloat16 without widening: sixteen values per vector, compared as
+    /// integers. Flipping the magnitude bits of negative values turns the sign-magnitude
+    /// bit patterns into `i16`s in the same order as the values (−0.0 just below +0.0),
+    /// so the extremes are found on 16-bit lanes and widened once at the end.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn min_max_bf16(xs: &[bf16]) -> (f32, f32, bool) {
+        // The order-preserving key, and back (the map is its own inverse).
+        let key = |v: __m256i| _mm256_xor_si256(v, _mm256_srli_epi16::<1>(_mm256_srai_epi16::<15>(v)));
+        let key_to_value = |k: i16| bf16::from_bits((k ^ ((k >> 15) & 0x7fff)) as u16).to_f32();
+        let exponent = _mm256_set1_epi16(0x7f80);
+        let mut lo = _mm256_set1_epi16(i16::MAX);
+        let mut hi = _mm256_set1_epi16(i16::MIN);
+        // All exponent bits set means ±inf or NaN.
+        let mut not_finite = _mm256_setzero_si256();
+        let mut blocks = xs.chunks_exact(16);
+        for block in &mut blocks {
+            // SAFETY: `block` holds 16 bfloat16 (32 bytes); the load is unaligned.
+            let v = unsafe { _mm256_loadu_si256(block.as_ptr().cast()) };
+            let k = key(v);
+            lo = _mm256_min_epi16(lo, k);
+            hi = _mm256_max_epi16(hi, k);
+            not_finite = _mm256_or_si256(not_finite, _mm256_cmpeq_epi16(_mm256_and_si256(v, exponent), exponent));
+        }
+        let mut all_finite = _mm256_testz_si256(not_finite, not_finite) == 1;
+        let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
+        if xs.len() >= 16 {
+            // Horizontal extremes with `phminposuw` (unsigned 16-bit): keys offset by 0x8000
+            // for the minimum, complemented for the maximum.
+            let flip = _mm256_set1_epi16(i16::MIN);
+            let lows = _mm256_xor_si256(lo, flip);
+            let highs = _mm256_xor_si256(hi, _mm256_set1_epi16(0x7fff));
+            let low = _mm_minpos_epu16(_mm_min_epu16(_mm256_castsi256_si128(lows), _mm256_extracti128_si256::<1>(lows)));
+            let high = _mm_minpos_epu16(_mm_min_epu16(_mm256_castsi256_si128(highs), _mm256_extracti128_si256::<1>(highs)));
+            mn = key_to_value((_mm_extract_epi16::<0>(low) as u16 ^ 0x8000) as i16);
+            mx = key_to_value((_mm_extract_epi16::<0>(high) as u16 ^ 0x7fff) as i16);
+        }
+        for &x in blocks.remainder() {
+            let v = x.widen();
+            mn = if v < mn { v } else { mn };
+            mx = if v > mx { v } else { mx };
+            all_finite &= v.is_finite();
+        }
+        (mn, mx, all_finite)
+    }
+
     /// The stored codes of `xs` (`xs.len()` a multiple of 32), `bits` bits each, packed
     /// into `out` (`xs.len() * bits / 8` bytes; `bits = 8` also serves unpacked storage):
     /// `clamp(rint(x * inv) + zp, lo, hi) + offset`, as `GroupParams::encode`, then the
@@ -219,7 +301,7 @@ pub mod avx2 {
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn encode<W: Lane>(xs: &[W], p: &GroupParams, bits: u32, out: &mut [u8]) {
+    pub unsafe fn encode<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8]) {
         let out_block = 32 * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() / 32 * out_block);
         let inv = _mm256_set1_ps(p.inv);
