@@ -86,8 +86,11 @@ def interleaved(candidates: dict[str, callable], rounds: int) -> dict[str, float
     for fn in candidates.values():
         fn()  # warm up: page faults, thread pool start, the buffer pool's first result
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+    order = list(candidates.items())
+    for r in range(rounds):
+        # Rotated each round: whatever runs right after the memcpy pays for its dirty
+        # lines being written back, so no candidate may always hold that slot.
+        for name, fn in order[r % len(order):] + order[:r % len(order)]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

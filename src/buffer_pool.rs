@@ -70,12 +70,14 @@ pub fn take<T: Pooled>(n: usize) -> Result<Vec<T>> {
     zeroed(n)
 }
 
-/// A kept vector with room for `n..=2n` elements (the closest), set to length `n`; larger
-/// ones would hold memory the result does not need.
+/// A kept vector with room for `n` to `n + n/4` elements (the closest), set to length `n`.
+/// The slack is small on purpose: a larger buffer would hold memory the result does not
+/// need, and lending one size class's buffers to another (an int2 result taking an int4
+/// one) leaves the next result of that class without one.
 fn take_kept<T: Pooled>(n: usize) -> Option<Vec<T>> {
     let mut kept = T::kept().lock().unwrap_or_else(|e| e.into_inner());
     let best = (0..kept.len())
-        .filter(|&i| (n..=n.saturating_mul(2)).contains(&kept[i].capacity()))
+        .filter(|&i| (n..=n.saturating_add(n / 4)).contains(&kept[i].capacity()))
         .min_by_key(|&i| kept[i].capacity())?;
     let mut v = kept.swap_remove(best);
     drop(kept);
@@ -151,7 +153,7 @@ mod tests {
         let ptr = v.as_ptr();
         give_back(v);
         // Too small a request for this buffer: a fresh, zeroed one.
-        let small = take::<u8>(n / 3).unwrap();
+        let small = take::<u8>(n * 3 / 4).unwrap();
         assert!(small.iter().all(|&b| b == 0));
         // A close size reuses it, stale contents and all.
         let again = take::<u8>(n - 100).unwrap();
