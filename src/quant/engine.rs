@@ -288,11 +288,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         let mut result = Ok(());
         'blocks: for rb in (r0..r1).step_by(BLOCK_ROWS) {
-            let rows = BLOCK_ROWS.min(r1 - rb);
+            // The same rows for every group of the block: their starts are found once.
+            let starts = self.data.row_starts(rb..rb + BLOCK_ROWS.min(r1 - rb));
             for j in 0..lay.groups_per_row {
                 let c0 = j * lay.group_len;
                 let width = lay.group_len.min(lay.cols - c0);
-                self.data.gather(rb, rows, c0..c0 + width, &mut block);
+                self.data.gather(&starts, c0..c0 + width, &mut block);
                 for (i, xs) in block.chunks_exact(width).enumerate() {
                     let e = (rb + i) * lay.cols + c0;
                     let at = (e - e0) * bits / 8;
@@ -324,7 +325,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         if e0 == e1 {
             return Ok(StatsAcc::default());
         }
-        let mut writer = CodeWriter::new(out.codes, if self.spec.pack { self.spec.bits } else { 8 });
+        let mut writer = CodeWriter::new(out.codes, self.writer_bits() as u8);
         let mut acc = StatsAcc::default();
         let mut scratch: Vec<f32> = Vec::new();
         // Whole rows of a view whose last axis is strided, gathered a few at a time.
@@ -341,7 +342,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             if strided && col == 0 && !tile_rows.contains(&row) {
                 let rows = ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS);
                 if rows >= 2 {
-                    self.data.gather(row, rows, 0..lay.cols, &mut tile);
+                    self.data.gather(&self.data.row_starts(row..row + rows), 0..lay.cols, &mut tile);
                     tile_rows = row..row + rows;
                 }
             }
@@ -545,8 +546,7 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
         let (a, b) = match data.contiguous_run(row_offset, col, len) {
             Some(run) => min_max(run, e, cpu)?,
             None => {
-                scratch.clear();
-                scratch.extend((0..len).map(|k| data.get(row_offset, col + k)));
+                data.read_run(row_offset, col, len, &mut scratch);
                 min_max(&scratch, e, cpu)?
             }
         };

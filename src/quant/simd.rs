@@ -228,13 +228,19 @@ pub mod avx2 {
             _mm256_storeu_ps(lows.as_mut_ptr(), lo);
             _mm256_storeu_ps(highs.as_mut_ptr(), hi);
         }
-        let mut all_finite = _mm256_movemask_ps(finite) == 0xff;
+        let all_finite = _mm256_movemask_ps(finite) == 0xff;
         let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
         for j in 0..8 {
             mn = if lows[j] < mn { lows[j] } else { mn };
             mx = if highs[j] > mx { highs[j] } else { mx };
         }
-        for &x in blocks.remainder() {
+        fold_rest(blocks.remainder(), (mn, mx, all_finite))
+    }
+
+    /// `(min, max, all finite)` extended by the elements a vector loop left over.
+    #[inline(always)]
+    fn fold_rest<W: Lane>(rest: &[W], (mut mn, mut mx, mut all_finite): (f32, f32, bool)) -> (f32, f32, bool) {
+        for &x in rest {
             let v = x.widen();
             mn = if v < mn { v } else { mn };
             mx = if v > mx { v } else { mx };
@@ -270,7 +276,7 @@ pub mod avx2 {
             hi = _mm256_max_epi16(hi, k);
             not_finite = _mm256_or_si256(not_finite, _mm256_cmpeq_epi16(_mm256_and_si256(v, exponent), exponent));
         }
-        let mut all_finite = _mm256_testz_si256(not_finite, not_finite) == 1;
+        let all_finite = _mm256_testz_si256(not_finite, not_finite) == 1;
         let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
         if xs.len() >= 16 {
             // Horizontal extremes with `phminposuw` (unsigned 16-bit): keys offset by 0x8000
@@ -283,13 +289,7 @@ pub mod avx2 {
             mn = key_to_value((_mm_extract_epi16::<0>(low) as u16 ^ 0x8000) as i16);
             mx = key_to_value((_mm_extract_epi16::<0>(high) as u16 ^ 0x7fff) as i16);
         }
-        for &x in blocks.remainder() {
-            let v = x.widen();
-            mn = if v < mn { v } else { mn };
-            mx = if v > mx { v } else { mx };
-            all_finite &= v.is_finite();
-        }
-        (mn, mx, all_finite)
+        fold_rest(blocks.remainder(), (mn, mx, all_finite))
     }
 
     /// The stored codes of `xs` (`xs.len()` a multiple of 32), `bits` bits each, packed

@@ -372,18 +372,23 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         }
     }
 
-    /// Rows `first_row..first_row + rows`, columns `cols` of each, as float32 into `out`
-    /// (row-major with `cols.len()` values per row; resized to fit and overwritten), for
-    /// views whose last axis is not unit-stride (a transposed weight). Column by column:
-    /// when consecutive rows are adjacent in memory (stride 1 on the row axis) each
-    /// column's values are one short slice, so every cache line read is used whole instead
-    /// of once per row.
+    /// Where each of `rows` starts in the data (for [`Self::gather`]).
+    pub fn row_starts(&self, rows: std::ops::Range<usize>) -> Vec<isize> {
+        rows.map(|r| self.origin as isize + self.row_offset(r)).collect()
+    }
+
+    /// The rows starting at `offsets` (from [`Self::row_starts`]), columns `cols` of each,
+    /// as float32 into `out` (row-major with `cols.len()` values per row; resized to fit and
+    /// overwritten), for views whose last axis is not unit-stride (a transposed weight).
+    /// Column by column: when consecutive rows are adjacent in memory (stride 1 on the row
+    /// axis) each column's values are one short slice, so every cache line read is used
+    /// whole instead of once per row.
     #[inline(always)]
-    pub fn gather(&self, first_row: usize, rows: usize, cols: std::ops::Range<usize>, out: &mut Vec<f32>) {
+    pub fn gather(&self, offsets: &[isize], cols: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let rows = offsets.len();
         let width = cols.len();
         // Every value is overwritten below, so a reused buffer is not cleared first.
         out.resize(rows * width, 0.0);
-        let offsets: Vec<isize> = (first_row..first_row + rows).map(|r| self.origin as isize + self.row_offset(r)).collect();
         let stride = self.col_stride();
         let adjacent = offsets.windows(2).all(|w| w[1] == w[0] + 1);
         let mut c = 0;

@@ -1,5 +1,7 @@
 """Small helpers shared by the tests."""
 
+import threading
+
 import numpy as np
 import torch
 
@@ -19,3 +21,12 @@ def assert_matches_reference(q: qb.QuantizedTensor, r) -> None:
     else:
         np.testing.assert_array_equal(np.from_dlpack(q.zero_points), r.zero_points)
     np.testing.assert_array_equal(np.from_dlpack(q.dequantize()), r.dequantized)
+
+
+def run_in_threads(n: int, work) -> None:
+    """Run `work(i)` on `n` threads at once and wait for all of them."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

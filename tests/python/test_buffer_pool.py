@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import quantbridge as qb
+from helpers import run_in_threads
 
 MIB = 2**20
 
@@ -82,8 +83,6 @@ def test_zero_turns_reuse_off_and_frees_what_is_kept(pool):
 def test_threads_sharing_the_pool_get_their_own_results(pool):
     """Four threads quantize and dequantize tensors of the same few sizes at once: every
     buffer is handed to one result at a time, so every result is the expected one."""
-    import threading
-
     tensors = [tensor(10 + i, rows=512) * (i + 1) for i in range(4)]  # 4 MiB each
     expected = []
     for x in tensors:
@@ -99,10 +98,6 @@ def test_threads_sharing_the_pool_get_their_own_results(pool):
             if got != expected[j]:
                 bad.append((i, k))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(4, work)
     assert not bad
     assert qb.configure_buffer_pool()["kept_bytes"] <= 256 * MIB

@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 import quantbridge as qb
+from helpers import run_in_threads
 
 
 def rss_bytes() -> int:
@@ -41,11 +42,7 @@ def test_eight_threads_thousands_of_calls_agree():
             if qb.quantize(sources[kind]).codes.tobytes() != expected[kind]:
                 bad.append((i, k, kind))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_in_threads(8, work)
     assert not bad
 
 
