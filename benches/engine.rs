@@ -3,8 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use quantbridge::buffer_pool;
-use quantbridge::quant::{quantize, ElemSlice, Granularity, QuantSpec, TensorView};
+use quantbridge::quant::{quantize, Allocator, BufferPool, ElemSlice, Engine, Granularity, Kernel, QuantSpec, TensorView};
 
 const ROWS: usize = 4096;
 const COLS: usize = 4096; // 64 MiB of float32
@@ -33,15 +32,18 @@ fn bench(c: &mut Criterion) {
         ("int2_g128", QuantSpec { bits: 2, ..QuantSpec::default() }),
         ("int4_tensor", QuantSpec { granularity: Granularity::Tensor, ..QuantSpec::default() }),
     ];
+    // Results go back to a pool, as a Python result does when it is freed.
+    let pool = BufferPool::default();
+    let engine = Engine::new(Kernel::best(), &pool);
+    let run = |v: &TensorView<'_>, s: &QuantSpec| engine.quantize(v, s).unwrap().recycle(&pool);
     for (name, spec) in specs {
-        g.bench_with_input(BenchmarkId::new("contiguous_f32", name), &spec, |b, s| b.iter(|| quantize(&view, s).unwrap()));
+        g.bench_with_input(BenchmarkId::new("contiguous_f32", name), &spec, |b, s| b.iter(|| run(&view, s)));
     }
     let int4 = QuantSpec::default();
-    g.bench_function("transposed_f32/int4_g128", |b| b.iter(|| quantize(&transposed, &int4).unwrap()));
-    g.bench_function("contiguous_bf16/int4_g128", |b| b.iter(|| quantize(&bf16_view, &int4).unwrap()));
+    g.bench_function("transposed_f32/int4_g128", |b| b.iter(|| run(&transposed, &int4)));
+    g.bench_function("contiguous_bf16/int4_g128", |b| b.iter(|| run(&bf16_view, &int4)));
     let q = quantize(&view, &int4).unwrap();
-    // The result goes back to the pool, as a Python result does when it is freed.
-    g.bench_function("dequantize/int4_g128", |b| b.iter(|| buffer_pool::give_back(q.dequantize().unwrap())));
+    g.bench_function("dequantize/int4_g128", |b| b.iter(|| pool.recycle_floats(engine.dequantize(&q).unwrap())));
     g.finish();
 }
 

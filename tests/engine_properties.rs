@@ -4,6 +4,7 @@
 use half::{bf16, f16};
 use proptest::prelude::*;
 use quantbridge::quant::{
+    Engine, Fresh, Kernel,
     pack, quantize, quantize_reference, read_row_major, ElemSlice, Granularity, QuantSpec, ScaleDtype,
     TensorView,
 };
@@ -145,16 +146,14 @@ proptest! {
         let view = owned.view(&c);
         let fast = quantize(&view, &s).unwrap();
         let slow = quantize_reference(&view, &s).unwrap();
-        // The portable build of the kernels (what a CPU without AVX2 runs) too. Other
-        // tests may run while this is forbidden: every path must give the same bits anyway.
-        // Without stats the block kernels run (with stats, the per-element loop): both
-        // builds of them must give the same codes as well.
+        // The portable build of the kernels (what a CPU without AVX2 runs) too, chosen by
+        // argument. Without stats the block kernels run (with stats, the per-element
+        // loop): both builds of them must give the same codes as well.
         let no_stats = QuantSpec { stats: false, ..s };
         let fast_blocks = quantize(&view, &no_stats).unwrap();
-        quantbridge::quant::allow_vector_units(false);
-        let portable = quantize(&view, &s);
-        let portable_blocks = quantize(&view, &no_stats);
-        quantbridge::quant::allow_vector_units(true);
+        let portable_engine = Engine::new(Kernel::Portable, &Fresh);
+        let portable = portable_engine.quantize(&view, &s);
+        let portable_blocks = portable_engine.quantize(&view, &no_stats);
         prop_assert_eq!(&portable.unwrap(), &fast, "portable and AVX2 builds differ");
         for blocks in [fast_blocks, portable_blocks.unwrap()] {
             prop_assert_eq!(&blocks.codes, &slow.codes, "block kernel codes differ");
@@ -179,9 +178,7 @@ proptest! {
         for stats in [true, false] {
             let s = QuantSpec { stats, ..s };
             let fast = quantize(&view, &s).unwrap();
-            quantbridge::quant::allow_vector_units(false);
-            let portable = quantize(&view, &s);
-            quantbridge::quant::allow_vector_units(true);
+            let portable = Engine::new(Kernel::Portable, &Fresh).quantize(&view, &s);
             for q in [fast, portable.unwrap()] {
                 prop_assert_eq!(&q.codes, &slow.codes);
                 prop_assert_eq!(&q.scales, &slow.scales);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quantbridge::quant::{quantize, quantize_reference, ElemSlice, Granularity, QuantSpec, ScaleDtype, TensorView};
+use quantbridge::quant::{quantize_reference, ElemSlice, Engine, Fresh, Granularity, Kernel, QuantSpec, ScaleDtype, TensorView};
 
 fn take(data: &mut &[u8]) -> u8 {
     let (first, rest) = data.split_first().unwrap_or((&0, &[]));
@@ -30,10 +30,9 @@ fuzz_target!(|input: &[u8]| {
     let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };
     let reference = quantize_reference(&view, &spec);
-    for (vector_units, stats) in [(true, spec.stats), (false, spec.stats), (true, false)] {
-        quantbridge::quant::allow_vector_units(vector_units);
-        let fast = quantize(&view, &QuantSpec { stats, ..spec });
-        quantbridge::quant::allow_vector_units(true);
+    let best = Kernel::best();
+    for (kernel, stats) in [(best, spec.stats), (Kernel::Portable, spec.stats), (best, false)] {
+        let fast = Engine::new(kernel, &Fresh).quantize(&view, &QuantSpec { stats, ..spec });
         match (&fast, &reference) {
             (Ok(f), Ok(r)) => {
                 assert_eq!(f.codes, r.codes);

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use quantbridge::quant::DType;
-use quantbridge::{check_layout, RawTensor};
+use quantbridge::foreign::borrowed::{check_layout, RawTensor};
 
 fuzz_target!(|input: &[u8]| {
     let words: Vec<i64> = input.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();

@@ -23,14 +23,10 @@ from ._native import (
     __version__,
     configure_buffer_pool,
     configure_metrics,
-    dequantize,
     metrics,
-    quantize,
-    quantize_arrow,
-    quantize_arrow_batch,
-    quantize_batch,
     reset_metrics,
 )
+from ._api import dequantize, quantize, quantize_arrow, quantize_arrow_batch, quantize_batch
 from ._files import dequantize_file, inspect_file, quantize_file
 from ._quantizer import Quantizer
 

@@ -1,5 +1,8 @@
 """quantbridge: quantize a checkpoint tensor by tensor, in bounded memory, and report the error.
 
+Exit codes: 0 done, 1 an error (one line on stderr), 2 a usage error, 130 Ctrl-C, 143
+SIGTERM, 129 SIGHUP; on every failure and signal no output file is left behind.
+
     quantbridge quantize [INPUT] -o OUTPUT [--bits 4] [--group-size 128] [--symmetric]
                          [--scale-dtype float32] [--include RE] [--exclude RE] [--force]
                          [--report FILE]
@@ -12,46 +15,91 @@ With no INPUT, ``quantize`` uses the embedded all-MiniLM-L6-v2 checkpoint.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from types import FrameType
+from typing import Any, NoReturn, TextIO
 
-from . import QuantizationError
-from ._files import default_checkpoint, dequantize_file, inspect_file, quantize_file
+from . import QuantizationError, __version__
+from ._files import compile_patterns, default_checkpoint, dequantize_file, inspect_file, quantize_file
 
 MIB = 2**20
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C, removing the partial output."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Terminated(signum)
+
+
+def _group_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (one group per row) or a positive size, found {value}")
+    return value
+
+
+def _pattern(option: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> str:
+        try:
+            compile_patterns([text], option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+        return text
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quantbridge", description="Quantize checkpoints to int8/int4/int2.")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="quantbridge", description="Quantize checkpoints to int8/int4/int2.",
+                                formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"quantbridge {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,dequantize,inspect}")
 
-    q = sub.add_parser("quantize", help="quantize a checkpoint (.safetensors, sharded, or Arrow IPC)")
+    q = sub.add_parser("quantize", help="quantize a checkpoint (.safetensors, sharded, or Arrow IPC)",
+                       formatter_class=fmt)
     q.add_argument("input", nargs="?", type=Path,
                    help="checkpoint to read (default: the embedded all-MiniLM-L6-v2)")
     q.add_argument("-o", "--output", type=Path, required=True, help="output .safetensors or .arrow file")
-    q.add_argument("--bits", type=int, default=4, choices=(2, 4, 8))
-    q.add_argument("--group-size", type=int, default=128, help="elements per group; 0 = one group per row")
+    q.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="bits per code")
+    q.add_argument("--group-size", type=_group_size, default=128, metavar="N",
+                   help="elements per group along each row; 0 = one group per row")
     q.add_argument("--symmetric", action="store_true", help="symmetric (no zero points)")
-    q.add_argument("--scale-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    q.add_argument("--include", action="append", default=[], metavar="RE",
-                   help="quantize only tensors whose name matches (repeatable)")
-    q.add_argument("--exclude", action="append", default=[], metavar="RE",
+    q.add_argument("--scale-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype the scales are stored in (narrower ones are rounded up)")
+    q.add_argument("--include", action="append", default=[], metavar="RE", type=_pattern("--include"),
+                   help="quantize only tensors whose name matches (repeatable; any number of dimensions); "
+                        "without it, float tensors of 2 or more dimensions are quantized")
+    q.add_argument("--exclude", action="append", default=[], metavar="RE", type=_pattern("--exclude"),
                    help="pass tensors whose name matches through unchanged (repeatable)")
     q.add_argument("--force", action="store_true", help="overwrite an existing output")
     q.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON")
     q.add_argument("--quiet", action="store_true", help="no progress and no table")
 
-    d = sub.add_parser("dequantize", help="restore a quantbridge .safetensors output to float32")
-    d.add_argument("input", type=Path)
-    d.add_argument("-o", "--output", type=Path, required=True)
-    d.add_argument("--force", action="store_true")
-    d.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("dequantize", help="restore a quantbridge .safetensors output to float32",
+                       formatter_class=fmt)
+    d.add_argument("input", type=Path, help="a .safetensors file written by quantbridge quantize")
+    d.add_argument("-o", "--output", type=Path, required=True, help="output .safetensors file")
+    d.add_argument("--force", action="store_true", help="overwrite an existing output")
+    d.add_argument("--quiet", action="store_true", help="no progress and no summary")
 
-    i = sub.add_parser("inspect", help="list a checkpoint's tensors and metadata")
-    i.add_argument("input", type=Path)
+    i = sub.add_parser("inspect", help="list a checkpoint's tensors and metadata", formatter_class=fmt)
+    i.add_argument("input", type=Path, help="a .safetensors file, sharded index or folder, or Arrow IPC file")
     return p
 
 
@@ -59,8 +107,11 @@ class ProgressBar:
     """Tensors and bytes done, throughput and ETA on stderr: one redrawn line on a terminal,
     a plain line every tenth of the way otherwise."""
 
-    def __init__(self, stream: TextIO, quiet: bool) -> None:
+    def __init__(self, stream: TextIO, quiet: bool, banner: str = "") -> None:
         self.stream = stream
+        # Printed with the first progress, so an error that stops the job before any
+        # tensor is the only line the user sees.
+        self.banner = banner
         self.tty = stream.isatty()
         self.quiet = quiet
         self.start = time.perf_counter()
@@ -71,6 +122,9 @@ class ProgressBar:
         self.count += 1
         if self.quiet:
             return
+        if self.banner:
+            self.stream.write(self.banner + "\n")
+            self.banner = ""
         fraction = done / total if total else 1.0
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -91,17 +145,21 @@ class ProgressBar:
             self.stream.write("\n")
 
 
-def _table(reports: list[dict[str, Any]], seconds: float, out: TextIO) -> dict[str, Any]:
-    header = f"{'layer':<52} {'shape':>14} {'bits':>4} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>7}"
+def _table(reports: list[dict[str, Any]], seconds: float, out: TextIO | None) -> dict[str, Any]:
+    """Print the per-layer table to ``out`` (nothing when None) and return the totals."""
+    if out is None:
+        out = io.StringIO()  # the totals are wanted, the table is not
+    width = max([len("layer")] + [len(r["name"]) for r in reports])
+    header = f"{'layer':<{width}} {'shape':>14} {'bits':>4} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>7}"
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in reports:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         if r["quantized"]:
-            print(f"{r['name']:<52} {shape:>14} {r['bits']:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
+            print(f"{r['name']:<{width}} {shape:>14} {r['bits']:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
                   f"{r['compression']:>6.2f}x", file=out)
         else:
-            print(f"{r['name']:<52} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
+            print(f"{r['name']:<{width}} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
     quantized = [r for r in reports if r["quantized"]]
     totals = {
         "tensors": len(reports),
@@ -121,13 +179,37 @@ def _table(reports: list[dict[str, Any]], seconds: float, out: TextIO) -> dict[s
     return totals
 
 
+def _strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as ``None``: strict JSON, which ``jq``, browsers and
+    Node read (an exactly reproduced tensor has an infinite SQNR; it is written as null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _check_report_path(path: Path | None) -> None:
+    """Refuse an unwritable ``--report`` before the job runs, not after it."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OSError(f"cannot write the report {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OSError(f"cannot write the report {path}: permission denied")
+
+
 def _quantize(args: argparse.Namespace) -> int:
     source = args.input if args.input is not None else default_checkpoint()
     group_size = args.group_size or None
-    if not args.quiet:
-        print(f"quantbridge: {source} -> {args.output} (int{args.bits}, group_size={group_size}, "
-              f"{'symmetric' if args.symmetric else 'asymmetric'}, scales {args.scale_dtype})", file=sys.stderr)
-    bar = ProgressBar(sys.stderr, args.quiet)
+    _check_report_path(args.report)
+    banner = (f"quantbridge: {source} -> {args.output} (int{args.bits}, "
+              f"{'--group-size ' + str(group_size) if group_size else 'one group per row'}, "
+              f"{'symmetric' if args.symmetric else 'asymmetric'}, scales {args.scale_dtype})")
+    bar = ProgressBar(sys.stderr, args.quiet, banner)
     start = time.perf_counter()
     try:
         reports = quantize_file(
@@ -138,18 +220,23 @@ def _quantize(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    totals = _table(reports, seconds, sys.stdout) if not args.quiet else {}
+    totals = _table(reports, seconds, sys.stdout) if not args.quiet else _table(reports, seconds, None)
+    if totals["quantized"] == 0:
+        why = ("no tensor name matched --include" if args.include
+               else "no float tensor of 2 or more dimensions (pass --include RE to select 1-D ones)")
+        print(f"quantbridge: warning: nothing was quantized: {why}; {args.output} holds the input's tensors "
+              "unchanged", file=sys.stderr)
     if args.report is not None:
         spec = {"bits": args.bits, "group_size": group_size, "symmetric": args.symmetric,
                 "scale_dtype": args.scale_dtype}
         report = {"input": str(source), "output": str(args.output), "spec": spec, "layers": reports,
-                  "totals": totals or _table(reports, seconds, open("/dev/null", "w"))}
-        args.report.write_text(json.dumps(report, indent=2))
+                  "totals": totals}
+        args.report.write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))
     return 0
 
 
 def _dequantize(args: argparse.Namespace) -> int:
-    bar = ProgressBar(sys.stderr, args.quiet)
+    bar = ProgressBar(sys.stderr, args.quiet, f"quantbridge: {args.input} -> {args.output} (float32)")
     try:
         reports = dequantize_file(args.input, args.output, force=args.force, progress=bar)
     finally:
@@ -162,20 +249,29 @@ def _dequantize(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     info = inspect_file(args.input)
+    print(f"{info['path']}")
     for key, value in info["metadata"].items():
-        print(f"# {key}: {value if len(value) <= 120 else value[:117] + '...'}")
-    total = 0
-    for t in info["tensors"]:
-        total += t["nbytes"]
-        shape = "x".join(map(str, t["shape"])) or "scalar"
-        print(f"{t['name']:<60} {t['dtype']:>5} {shape:>16} {t['nbytes']:>12}")
-    print(f"{len(info['tensors'])} tensors, {total / MIB:.1f} MiB")
+        print(f"  {key}: {value}")
+    rows = [(t["name"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", f"{t['nbytes']:,}")
+            for t in info["tensors"]]
+    header = ("tensor", "dtype", "shape", "bytes")
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]
+    line = f"{{:<{widths[0]}}}  {{:<{widths[1]}}}  {{:>{widths[2]}}}  {{:>{widths[3]}}}"
+    print(line.format(*header))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(line.format(*r))
+    total = sum(t["nbytes"] for t in info["tensors"])
+    print(f"{len(rows)} tensors, {total / MIB:.1f} MiB")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"quantize": _quantize, "dequantize": _dequantize, "inspect": _inspect}[args.command]
+    # SIGTERM (what `timeout` and `kill` send) and SIGHUP (a closed terminal) stop the job
+    # like Ctrl-C: the partial output is removed before the process exits.
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return command(args)
     except BrokenPipeError:  # e.g. `quantbridge inspect FILE | head`
@@ -184,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quantbridge: interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"quantbridge: stopped by {exc}; no output was written", file=sys.stderr)
+        return 128 + exc.signum
     except (QuantizationError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split())  # one line
         print(f"quantbridge: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

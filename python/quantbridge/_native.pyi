@@ -58,7 +58,7 @@ class NativeTensor:
     def __len__(self) -> int: ...
 
 class QuantizedTensor:
-    """An immutable quantization result (SPEC §3)."""
+    """An immutable quantization result (docs/formats.md)."""
     @property
     def shape(self) -> tuple[int, ...]: ...
     @property
@@ -92,66 +92,28 @@ class QuantizedTensor:
     def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
     def dequantize(self) -> NativeTensor: ...
 
-def quantize(
-    tensor: Any,
-    *,
-    bits: Literal[2, 4, 8] = 4,
-    group_size: int | None = 128,
-    symmetric: bool = False,
-    granularity: Literal["group", "channel", "tensor"] = "group",
-    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-    pack: bool = True,
-    stats: bool = False,
-    name: str | None = None,
-    _api: str | None = None,
-) -> QuantizedTensor: ...
+# The spec keywords (bits, group_size, symmetric, granularity, scale_dtype, pack, stats) are
+# read by one extractor in Rust; the documented signatures are in quantbridge/_api.py.
+def quantize(tensor: Any, *, name: str | None = None, api: str | None = None, **spec: Any) -> QuantizedTensor: ...
 def dequantize(q: QuantizedTensor) -> NativeTensor: ...
 def quantize_batch(
     mapping: Mapping[str, Any],
     *,
     continue_on_error: bool = False,
     progress: Callable[[str, float], object] | bool | None = None,
-    bits: Literal[2, 4, 8] = 4,
-    group_size: int | None = 128,
-    symmetric: bool = False,
-    granularity: Literal["group", "channel", "tensor"] = "group",
-    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-    pack: bool = True,
-    stats: bool = False,
-    _api: str | None = None,
+    api: str | None = None,
+    **spec: Any,
 ) -> BatchResult: ...
-def quantize_arrow(
-    table_like: Any,
-    *,
-    bits: Literal[2, 4, 8] = 4,
-    group_size: int | None = 128,
-    symmetric: bool = False,
-    granularity: Literal["group", "channel", "tensor"] = "group",
-    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-    _api: str | None = None,
-) -> QuantizedTable: ...
-def quantize_arrow_batch(
-    record_batch_like: Any,
-    *,
-    bits: Literal[2, 4, 8] = 4,
-    group_size: int | None = 128,
-    symmetric: bool = False,
-    granularity: Literal["group", "channel", "tensor"] = "group",
-    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-    _api: str | None = None,
-) -> QuantizedTable: ...
+def quantize_arrow(table_like: Any, *, api: str | None = None, **spec: Any) -> QuantizedTable: ...
+def quantize_arrow_batch(record_batch_like: Any, *, api: str | None = None, **spec: Any) -> QuantizedTable: ...
 def quantize_file(
     input: Any,
     output: Any,
     *,
-    bits: Literal[2, 4, 8] = 4,
-    group_size: int | None = 128,
-    symmetric: bool = False,
-    granularity: Literal["group", "channel", "tensor"] = "group",
-    scale_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     force: bool = False,
-    select: Callable[[str], bool] | None = None,
+    select: Callable[[str, int], bool] | None = None,
     progress: Callable[[dict[str, Any], int, int], object] | None = None,
+    **spec: Any,
 ) -> list[dict[str, Any]]: ...
 def dequantize_file(
     input: Any, output: Any, *, force: bool = False,

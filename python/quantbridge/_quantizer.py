@@ -79,7 +79,7 @@ class Quantizer:
         ``2**(bit_width-1)`` of the offset-binary codes, so ``(code - zp) * scale`` holds
         for every scheme.
         """
-        results = _native.quantize_batch(weights, _api="Quantizer.quantize", **self._spec(bit_width))
+        results = _native.quantize_batch(weights, api="Quantizer.quantize", **self._spec(bit_width))
         return {name: self._legacy_entry(q) for name, q in results.items()}
 
     @staticmethod
@@ -101,7 +101,7 @@ class Quantizer:
 
     def quantize_numpy(self, array: Any, *, bit_width: int | None = None) -> QuantizedTensor:
         """Quantize one array (numpy, or any tensor) without copying it."""
-        return _native.quantize(array, _api="Quantizer.quantize_numpy", **self._spec(bit_width))
+        return _native.quantize(array, api="Quantizer.quantize_numpy", **self._spec(bit_width))
 
     def quantize_numpy_2d(self, array: Any, *, bit_width: int | None = None) -> QuantizedTensor:
         """Like :meth:`quantize_numpy`, for a 2-D weight matrix (rows = output channels)."""
@@ -114,14 +114,14 @@ class Quantizer:
             err.layer, err.found, err.expected = "tensor", f"a {ndim}-d input", "a 2-d array"
             err.fix = "reshape it, e.g. w.reshape(w.shape[0], -1), or use quantize_numpy()"
             raise err
-        return _native.quantize(array, _api="Quantizer.quantize_numpy_2d", **self._spec(bit_width))
+        return _native.quantize(array, api="Quantizer.quantize_numpy_2d", **self._spec(bit_width))
 
     def quantize_batch(
         self, weights_dict: Mapping[str, Any], continue_on_error: bool = False, *, bit_width: int | None = None
     ) -> dict[str, QuantizedTensor]:
         """All layers in one call, in parallel; see :func:`quantbridge.quantize_batch`."""
         return _native.quantize_batch(
-            weights_dict, continue_on_error=continue_on_error, _api="Quantizer.quantize_batch", **self._spec(bit_width)
+            weights_dict, continue_on_error=continue_on_error, api="Quantizer.quantize_batch", **self._spec(bit_width)
         )
 
     def quantize_batch_with_progress(
@@ -137,7 +137,7 @@ class Quantizer:
             weights_dict,
             continue_on_error=continue_on_error,
             progress=progress_callback,
-            _api="Quantizer.quantize_batch_with_progress",
+            api="Quantizer.quantize_batch_with_progress",
             **self._spec(bit_width),
         )
 
@@ -145,8 +145,8 @@ class Quantizer:
 
     def quantize_arrow(self, table: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:
         """A table with ``layer_name``, ``weights``[, ``shape``] columns (SPEC §5)."""
-        return _native.quantize_arrow(table, _api="Quantizer.quantize_arrow", **self._spec(bit_width))
+        return _native.quantize_arrow(table, api="Quantizer.quantize_arrow", **self._spec(bit_width))
 
     def quantize_arrow_batch(self, record_batch: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:
         """One record batch with the same columns."""
-        return _native.quantize_arrow_batch(record_batch, _api="Quantizer.quantize_arrow_batch", **self._spec(bit_width))
+        return _native.quantize_arrow_batch(record_batch, api="Quantizer.quantize_arrow_batch", **self._spec(bit_width))

@@ -16,7 +16,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
-use crate::arrow_table::{int_list_row, list_row};
+use crate::tables::{int_list_row, list_row};
 use crate::error::{Error, Result};
 use crate::files::{bad_file, io_error, mmap};
 use crate::quant::{DType, ElemSlice, TensorView};

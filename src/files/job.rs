@@ -5,16 +5,15 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::arrow_table::spec_json;
-use crate::buffer_pool;
 use crate::error::{Error, Problem, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{scale_bytes, scale_dtype_name, static_dtype, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::{bad_file, io_error};
 use crate::quant::{
-    output_sizes, quantize_into, DType, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
+    output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
     Scales, Stats,
 };
+use crate::tables::spec_json;
 
 /// What happened to one tensor.
 #[derive(Debug, Clone)]
@@ -136,6 +135,13 @@ pub fn quantize_checkpoint(
         return Err(Error::Io(format!("{} is the input; write the output to another file", output.display())));
     }
     let ck = Checkpoint::open(input)?;
+    if ck.metadata.contains_key("quantbridge.spec") {
+        return Err(Error::validation(
+            format!("{}: a file quantbridge already quantized", input.display()),
+            "a checkpoint of float tensors",
+            "pass the original checkpoint, or restore this one first with `quantbridge dequantize`",
+        ));
+    }
     let quantize: Vec<bool> = ck
         .entries()
         .iter()
@@ -188,15 +194,19 @@ pub fn quantize_checkpoint(
     let mut done = 0;
     let mut reports = Vec::with_capacity(ck.entries().len());
     let mut scratch = Scratch::default();
+    // Each tensor's result buffers serve the next one of its size: no page faults on
+    // fresh allocations, and memory stays bounded by the largest tensors.
+    let pool = BufferPool::default();
+    let engine = Engine::new(Kernel::best(), &pool);
     for (e, &q) in ck.entries().iter().zip(&quantize) {
         let report = if q {
             let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
             let (c, s, z) = output_sizes(&e.shape, &spec);
-            let (mut codes, mut scales, mut zps) = (buffer_pool::take::<u8>(c)?, buffer_pool::take::<f32>(s)?, buffer_pool::take::<u8>(z)?);
+            let (mut codes, mut scales, mut zps) = (pool.bytes(c)?, pool.floats(s)?, pool.bytes(z)?);
             let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
-            let stats = quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
+            let stats = engine.quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
             let output_bytes = c + s * spec.scale_dtype.itemsize() + z;
-            sink.quantized(e, codes, scales, zps, spec.scale_dtype)?;
+            sink.quantized(e, codes, scales, zps, spec.scale_dtype, &pool)?;
             LayerReport {
                 name: e.name.clone(),
                 dtype: e.dtype.clone(),
@@ -236,7 +246,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDtype) -> Result<()> {
+    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDtype, pool: &dyn Allocator) -> Result<()> {
         match self {
             Sink::Safetensors(w) => {
                 w.write(&format!("{}.codes", e.name), &codes)?;
@@ -245,9 +255,9 @@ impl Sink {
                     w.write(&format!("{}.zero_points", e.name), &zps)?;
                 }
                 // The next tensor of this size reuses them instead of faulting in new pages.
-                buffer_pool::give_back(codes);
-                buffer_pool::give_back(scales);
-                buffer_pool::give_back(zps);
+                pool.recycle_bytes(codes);
+                pool.recycle_floats(scales);
+                pool.recycle_bytes(zps);
                 Ok(())
             }
             Sink::Arrow(w) => w.quantized(&e.name, &e.shape, codes, scales, zps),
@@ -339,6 +349,8 @@ pub fn dequantize_checkpoint(
     let total = ck.data_bytes();
     let mut done = 0;
     let mut reports = Vec::new();
+    let pool = BufferPool::default();
+    let engine = Engine::new(Kernel::best(), &pool);
     for (name, passthrough) in &plan {
         let report = match passthrough {
             Some(e) => {
@@ -354,12 +366,12 @@ pub fn dequantize_checkpoint(
                 };
                 let zps = part("zero_points");
                 let q = rebuild(input, name, &shape, &spec, ck.raw_bytes(codes), ck.raw_bytes(scales), zps.map(|z| ck.raw_bytes(z)))?;
-                let values = q.dequantize()?;
+                let values = engine.dequantize(&q)?;
                 writer.write(name, bytemuck::cast_slice(&values))?;
                 let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
                 done += input_bytes;
                 let report = LayerReport { name: name.clone(), dtype: "F32".into(), shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 };
-                buffer_pool::give_back(values);
+                pool.recycle_floats(values);
                 report
             }
         };

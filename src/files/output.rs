@@ -11,7 +11,7 @@ use arrow_buffer::Buffer;
 use arrow_ipc::writer::FileWriter;
 use half::{bf16, f16};
 
-use crate::arrow_table::{output_schema, spec_json, TableParts};
+use crate::tables::{output_schema, scale_buffer, spec_json, TableParts};
 use crate::error::{Error, Result};
 use crate::files::io_error;
 use crate::quant::{QuantSpec, ScaleDtype};
@@ -107,15 +107,6 @@ pub fn scale_bytes(scales: &[f32], dtype: ScaleDtype) -> Vec<u8> {
         ScaleDtype::F32 => bytemuck::cast_slice(scales).to_vec(),
         ScaleDtype::F16 => scales.iter().flat_map(|&s| f16::from_f32(s).to_le_bytes()).collect(),
         ScaleDtype::BF16 => scales.iter().flat_map(|&s| bf16::from_f32(s).to_le_bytes()).collect(),
-    }
-}
-
-/// Scales as an Arrow buffer of their stored type (aligned for it).
-pub fn scale_buffer(scales: Vec<f32>, dtype: ScaleDtype) -> Buffer {
-    match dtype {
-        ScaleDtype::F32 => Buffer::from_vec(scales),
-        ScaleDtype::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
-        ScaleDtype::BF16 => Buffer::from_vec(scales.iter().map(|&s| bf16::from_f32(s).to_bits()).collect::<Vec<u16>>()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The fast path: each group is read once, its scale computed and its codes written while
+//! The engine's fast path: each group is read once, its scale computed and its codes written while
 //! it is still in cache; chunks of whole groups run in parallel.
 
 use rayon::prelude::*;
@@ -7,31 +7,94 @@ use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
 use super::quantized::{Quantized, Scales, Stats, StatsAcc};
-use super::simd::Avx2;
+use super::alloc::{Allocator, Fresh};
+use super::simd::{Avx2, Kernel};
 use super::spec::QuantSpec;
 use super::view::{DType, Element, Strided, TensorView};
-use crate::buffer_pool;
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
-/// Quantize `view` according to `spec` (SPEC §2).
+/// How the engine runs: which build of the kernels, and where result buffers come from.
+/// Both are arguments, never process-wide state, so tests choose the kernel they check
+/// and callers choose whether freed results are reused ([`BufferPool`]).
+#[derive(Clone, Copy)]
+pub struct Engine<'a> {
+    /// The kernel build to run (must be one [`Kernel::supported`] lists).
+    pub kernel: Kernel,
+    /// Where result vectors come from.
+    pub alloc: &'a dyn Allocator,
+}
+
+impl Default for Engine<'static> {
+    /// The fastest kernel this CPU runs, fresh allocations.
+    fn default() -> Self {
+        Engine { kernel: Kernel::best(), alloc: &Fresh }
+    }
+}
+
+impl std::fmt::Debug for Engine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("kernel", &self.kernel).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// An engine running `kernel`, allocating from `alloc`.
+    pub fn new(kernel: Kernel, alloc: &'a dyn Allocator) -> Self {
+        Engine { kernel, alloc }
+    }
+
+    /// Quantize `view` according to `spec` (docs/math.md).
+    pub fn quantize(&self, view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
+        spec.validate()?;
+        let (c, s, z) = output_sizes(view.shape(), spec);
+        let (mut codes, mut scales, mut zps) = (self.alloc.bytes(c)?, self.alloc.floats(s)?, self.alloc.bytes(z)?);
+        let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
+        let stats = self.quantize_into(view, spec, out)?;
+        let (rows, cols) = view.rows_cols();
+        Ok(Quantized {
+            shape: view.shape().to_vec(),
+            dtype: view.dtype(),
+            spec: *spec,
+            layout: Layout::new(rows, cols, spec.granularity),
+            codes,
+            scales: Scales::from_f32(scales, spec.scale_dtype),
+            zero_points: (!spec.symmetric).then_some(zps),
+            stats,
+        })
+    }
+
+    /// Quantize `view` into caller-provided buffers (sized by [`output_sizes`]); returns
+    /// the error statistics when `spec.stats` asks for them.
+    pub fn quantize_into(&self, view: &TensorView<'_>, spec: &QuantSpec, out: OutBuffers<'_>) -> Result<Option<Stats>> {
+        spec.validate()?;
+        let (c, s, z) = output_sizes(view.shape(), spec);
+        if out.codes.len() != c || out.scales.len() != s || out.zero_points.len() != z {
+            return Err(Error::Internal(format!(
+                "output buffers of {}/{}/{} elements for a result needing {c}/{s}/{z}",
+                out.codes.len(),
+                out.scales.len(),
+                out.zero_points.len()
+            )));
+        }
+        let cpu = self.kernel.avx2();
+        match view.dtype() {
+            DType::F32 => quantize_typed::<f32>(view, spec, out, cpu),
+            DType::F16 => quantize_typed::<f16>(view, spec, out, cpu),
+            DType::BF16 => quantize_typed::<bf16>(view, spec, out, cpu),
+            DType::F64 => quantize_typed::<f64>(view, spec, out, cpu),
+        }
+    }
+
+    /// `q` back to float32 values of its source shape (docs/math.md).
+    pub fn dequantize(&self, q: &Quantized) -> Result<Vec<f32>> {
+        q.dequantize_into(self.alloc.floats(q.layout.numel())?, self.kernel.avx2())
+    }
+}
+
+/// [`Engine::quantize`] with the default engine.
 pub fn quantize(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Quantized> {
-    spec.validate()?;
-    let (c, s, z) = output_sizes(view.shape(), spec);
-    let (mut codes, mut scales, mut zps) = (buffer_pool::take(c)?, buffer_pool::take(s)?, buffer_pool::take(z)?);
-    let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
-    let stats = quantize_into(view, spec, out)?;
-    let (rows, cols) = view.rows_cols();
-    Ok(Quantized {
-        shape: view.shape().to_vec(),
-        dtype: view.dtype(),
-        spec: *spec,
-        layout: Layout::new(rows, cols, spec.granularity),
-        codes,
-        scales: Scales::from_f32(scales, spec.scale_dtype),
-        zero_points: (!spec.symmetric).then_some(zps),
-        stats,
-    })
+    Engine::default().quantize(view, spec)
 }
 
 /// The buffers a quantization writes, sized by [`output_sizes`]. The Arrow output writes
@@ -56,28 +119,17 @@ pub fn output_sizes(shape: &[usize], spec: &QuantSpec) -> (usize, usize, usize) 
     (stream_len(layout.numel(), spec.bits, spec.pack), groups, if spec.symmetric { 0 } else { groups })
 }
 
-/// Quantize `view` into caller-provided buffers (sized by [`output_sizes`]); returns the
-/// error statistics when `spec.stats` asks for them.
+/// [`Engine::quantize_into`] with the default engine.
 pub fn quantize_into(view: &TensorView<'_>, spec: &QuantSpec, out: OutBuffers<'_>) -> Result<Option<Stats>> {
-    spec.validate()?;
-    let (c, s, z) = output_sizes(view.shape(), spec);
-    if out.codes.len() != c || out.scales.len() != s || out.zero_points.len() != z {
-        return Err(Error::Internal(format!(
-            "output buffers of {}/{}/{} elements for a result needing {c}/{s}/{z}",
-            out.codes.len(),
-            out.scales.len(),
-            out.zero_points.len()
-        )));
-    }
-    match view.dtype() {
-        DType::F32 => quantize_typed::<f32>(view, spec, out),
-        DType::F16 => quantize_typed::<f16>(view, spec, out),
-        DType::BF16 => quantize_typed::<bf16>(view, spec, out),
-        DType::F64 => quantize_typed::<f64>(view, spec, out),
-    }
+    Engine::default().quantize_into(view, spec, out)
 }
 
-fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutBuffers<'_>) -> Result<Option<Stats>> {
+fn quantize_typed<T: Element>(
+    view: &TensorView<'_>,
+    spec: &QuantSpec,
+    out: OutBuffers<'_>,
+    cpu: Option<Avx2>,
+) -> Result<Option<Stats>> {
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (rows, cols) = view.rows_cols();
     let layout = Layout::new(rows, cols, spec.granularity);
@@ -99,7 +151,7 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
 
     // Per-tensor needs the global range before any code can be written: one extra pass.
     let fixed = if layout.per_tensor {
-        let ranges = run_chunks(&bounds, |_, e0, e1| tensor_range(&data, &layout, e0, e1));
+        let ranges = run_chunks(&bounds, |_, e0, e1| tensor_range(&data, &layout, e0, e1, cpu));
         let (mut mn, mut mx) = (0.0f32, 0.0f32);
         for range in ranges {
             let (a, b) = range?;
@@ -124,7 +176,7 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, spec: &QuantSpec, out: OutB
         .collect();
 
     let results = run_chunks_with(&bounds, outs, |out, e0, e1| {
-        let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref(), cpu: Avx2::detect() };
+        let chunk = Chunk { data: &data, layout: &layout, spec, fixed: fixed.as_ref(), cpu };
         if spec.stats {
             chunk.run_dispatch::<true>(e0, e1, out)
         } else {
@@ -293,7 +345,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             for j in 0..lay.groups_per_row {
                 let c0 = j * lay.group_len;
                 let width = lay.group_len.min(lay.cols - c0);
-                self.data.gather(&starts, c0..c0 + width, &mut block);
+                self.data.gather(&starts, c0..c0 + width, &mut block, self.cpu);
                 for (i, xs) in block.chunks_exact(width).enumerate() {
                     let e = (rb + i) * lay.cols + c0;
                     let at = (e - e0) * bits / 8;
@@ -342,7 +394,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             if strided && col == 0 && !tile_rows.contains(&row) {
                 let rows = ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS);
                 if rows >= 2 {
-                    self.data.gather(&self.data.row_starts(row..row + rows), 0..lay.cols, &mut tile);
+                    self.data.gather(&self.data.row_starts(row..row + rows), 0..lay.cols, &mut tile, self.cpu);
                     tile_rows = row..row + rows;
                 }
             }
@@ -531,7 +583,7 @@ fn first_non_finite<S: Element>(xs: &[S], first_index: usize) -> Error {
 }
 
 /// Range of flat elements `e0..e1` for per-tensor quantization.
-fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, e1: usize) -> Result<(f32, f32)> {
+fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, e1: usize, cpu: Option<Avx2>) -> Result<(f32, f32)> {
     let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
     if e0 == e1 {
         return Ok((mn, mx));
@@ -539,7 +591,6 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
     let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
     let mut e = e0;
     let mut scratch = Vec::new();
-    let cpu = Avx2::detect();
     while e < e1 {
         let len = (lay.cols - col).min(e1 - e);
         let row_offset = data.row_offset(row);

@@ -8,7 +8,8 @@ use super::math::GroupParams;
 use super::pack::get_code;
 use super::spec::{QuantSpec, ScaleDtype};
 use super::view::DType;
-use crate::buffer_pool;
+use super::alloc::Allocator;
+use super::simd::Avx2;
 use crate::error::Result;
 
 /// Scales in their storage dtype.
@@ -144,20 +145,18 @@ pub struct Quantized {
     pub stats: Option<Stats>,
 }
 
-/// Large buffers go back to the pool for the next result of their size.
-impl Drop for Quantized {
-    fn drop(&mut self) {
-        buffer_pool::give_back(std::mem::take(&mut self.codes));
-        if let Scales::F32(scales) = &mut self.scales {
-            buffer_pool::give_back(std::mem::take(scales));
+impl Quantized {
+    /// Hand the result's vectors to `alloc` for reuse.
+    pub fn recycle(self, alloc: &dyn Allocator) {
+        alloc.recycle_bytes(self.codes);
+        if let Scales::F32(scales) = self.scales {
+            alloc.recycle_floats(scales);
         }
-        if let Some(zero_points) = self.zero_points.take() {
-            buffer_pool::give_back(zero_points);
+        if let Some(zero_points) = self.zero_points {
+            alloc.recycle_bytes(zero_points);
         }
     }
-}
 
-impl Quantized {
     /// Bytes of codes, scales and zero points together.
     pub fn nbytes(&self) -> usize {
         self.codes.len() + self.scales.nbytes() + self.zero_points.as_ref().map_or(0, Vec::len)
@@ -198,13 +197,18 @@ impl Quantized {
     /// `(q - zp) * scale` for every element, row-major, in float32: runs of one group at a
     /// time, whole bytes unpacked in blocks (branch-free, so it vectorizes), chunks in
     /// parallel. Bit-identical to [`Self::dequantize_reference`].
+    /// Dequantize with the default engine ([`super::Engine::dequantize`]).
     pub fn dequantize(&self) -> Result<Vec<f32>> {
-        let mut out = buffer_pool::take::<f32>(self.layout.numel())?;
+        super::Engine::default().dequantize(self)
+    }
+
+    /// Dequantize into `out` (of `numel` values, all overwritten) with the kernel build
+    /// `cpu` allows.
+    pub(crate) fn dequantize_into(&self, mut out: Vec<f32>, cpu: Option<Avx2>) -> Result<Vec<f32>> {
         let bounds = self.layout.chunk_bounds();
         let pieces = split_at_cuts(&mut out, &bounds[1..bounds.len() - 1]);
         let work = |(start, piece): (usize, &mut [f32])| {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(cpu) = super::simd::Avx2::detect() {
+            if let Some(cpu) = cpu {
                 return cpu.vectorize(#[inline(always)] || self.decode_chunk(start, piece));
             }
             self.decode_chunk(start, piece)

@@ -6,29 +6,65 @@
 //! function compiled with AVX2 enabled. Same source, same IEEE operations, same bits:
 //! the engine property tests compare this path with the scalar reference.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use half::{bf16, f16};
 
-/// Lets tests run the portable build of the kernels on an AVX2 machine.
-static VECTOR_UNITS_ALLOWED: AtomicBool = AtomicBool::new(true);
-
-/// Allow (default) or forbid the wide vector paths; forbidding makes every call take the
-/// portable (baseline x86-64 / other targets) build, so tests can compare both with the
-/// scalar reference.
-#[doc(hidden)]
-pub fn allow_vector_units(allowed: bool) {
-    VECTOR_UNITS_ALLOWED.store(allowed, Ordering::Relaxed);
+/// Which build of the kernels runs: an argument of every engine call
+/// ([`crate::quant::Engine`]), so tests check each build the CPU supports, in parallel,
+/// without process-wide state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Baseline x86-64 (SSE2) or whatever the target's baseline is; runs everywhere.
+    Portable,
+    /// AVX2 + F16C, chosen at run time on CPUs that have both.
+    Avx2,
 }
 
-/// Whether the CPU has AVX2 and F16C (every AVX2 CPU has both; std caches the answer) and
-/// their use is allowed.
+impl Kernel {
+    /// The fastest build this CPU runs.
+    pub fn best() -> Kernel {
+        if Avx2::detect().is_some() {
+            Kernel::Avx2
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// Every build this CPU runs, portable first.
+    pub fn supported() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        if Avx2::detect().is_some() {
+            all.push(Kernel::Avx2);
+        }
+        all
+    }
+
+    /// Every build quantbridge has, supported here or not.
+    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2];
+
+    /// Its name in benchmark output and test messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+        }
+    }
+
+    /// The AVX2 token when this build is AVX2 and the CPU runs it (else the portable
+    /// build runs: asking for a kernel the CPU lacks is never unsound).
+    #[inline]
+    pub(crate) fn avx2(self) -> Option<Avx2> {
+        match self {
+            Kernel::Avx2 => Avx2::detect(),
+            Kernel::Portable => None,
+        }
+    }
+}
+
+/// Whether the CPU has AVX2 and F16C (every AVX2 CPU has both; std caches the answer).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub fn has_avx2() -> bool {
-    VECTOR_UNITS_ALLOWED.load(Ordering::Relaxed)
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("f16c")
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// Element types the kernels read: widened exactly to float32 (float64 rounded to nearest,
@@ -135,9 +171,15 @@ impl Avx2 {
     pub fn detect() -> Option<Self> {
         None
     }
+
+    /// Never called: no `Avx2` exists on this architecture.
+    #[inline(always)]
+    pub fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }
 
-/// Proof that the CPU runs AVX2 and F16C (and that they are allowed): an `Avx2` exists only when
+/// Proof that the CPU runs AVX2 and F16C: an `Avx2` exists only when
 /// [`Avx2::detect`] found it, so its methods can call the AVX2 kernels safely. Callers
 /// outside this module need no `unsafe`.
 #[cfg(target_arch = "x86_64")]

@@ -384,7 +384,7 @@ impl<'a, T: Element> Strided<'a, '_, T> {
     /// axis) each column's values are one short slice, so every cache line read is used
     /// whole instead of once per row.
     #[inline(always)]
-    pub fn gather(&self, offsets: &[isize], cols: std::ops::Range<usize>, out: &mut Vec<f32>) {
+    pub fn gather(&self, offsets: &[isize], cols: std::ops::Range<usize>, out: &mut Vec<f32>, cpu: Option<super::simd::Avx2>) {
         let rows = offsets.len();
         let width = cols.len();
         // Every value is overwritten below, so a reused buffer is not cleared first.
@@ -394,7 +394,7 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         let mut c = 0;
         #[cfg(target_arch = "x86_64")]
         if let (true, true, Some(data)) = (adjacent, stride > 0, T::as_f32s(self.data)) {
-            if let Some(cpu) = super::simd::Avx2::detect() {
+            if let Some(cpu) = cpu {
                 // 8×8 blocks of float32 transposed in registers: 16 vector loads and stores
                 // per 64 values instead of 64 scalar ones.
                 let stride = stride as usize;

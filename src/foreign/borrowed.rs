@@ -1,8 +1,8 @@
 //! The one borrowed-pointer abstraction every entry point goes through.
 //!
 //! A [`BorrowedTensor`] pairs an *owner* (whatever keeps foreign memory alive and releases
-//! it on drop: a consumed DLPack capsule, later an Arrow array or an owned buffer) with a
-//! *layout* checked once at construction. The engine only ever sees [`TensorView`]s
+//! it on drop: a consumed DLPack capsule, an imported Arrow array, or the legacy path's
+//! owned copy) with a *layout* checked once at construction. The engine only ever sees [`TensorView`]s
 //! borrowed from the guard, so a view outliving its memory does not compile, and the
 //! owner's release runs exactly once, when the guard drops, after all reads.
 
@@ -143,8 +143,7 @@ impl CheckedLayout {
 }
 
 /// Check a producer's description without borrowing anything (the validation every
-/// import runs first); exposed for the fuzz targets. Never dereferences `raw.data`.
-#[doc(hidden)]
+/// import runs first; the `layout` fuzz target drives it). Never dereferences `raw.data`.
 pub fn check_layout(raw: &RawTensor<'_>) -> Result<()> {
     CheckedLayout::check(raw).map(drop)
 }

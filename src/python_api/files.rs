@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::bridge::errors::LayerError;
-use crate::bridge::functions::spec_from_options;
-use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
+use crate::python_api::errors::{to_pyerr, InLayer};
+use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::error::Error;
 use crate::files::checkpoint::Checkpoint;
 use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport};
@@ -68,34 +68,33 @@ fn run_job<T: Send>(
     if let Some(CallbackError(e)) = callback_error {
         return Err(e);
     }
-    result.map_err(|e| LayerError::new("", e).into_pyerr(py))
+    result.map_err(|e| to_pyerr(py, e.into(), None))
 }
 
-/// `quantize_file(input, output, *, bits, group_size, symmetric, granularity, scale_dtype,
-/// force, select, progress)`: returns one report dict per tensor, in file order.
+/// `quantize_file(input, output, *, force, select, progress, **spec)`: returns one report dict per tensor, in file order.
 #[pyfunction]
-#[pyo3(signature = (input, output, *, bits=4, group_size=Some(128), symmetric=false, granularity="group", scale_dtype="float32", force=false, select=None, progress=None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (input, output, *, force=false, select=None, progress=None, **spec))]
 pub fn quantize_file<'py>(
     py: Python<'py>,
     input: PathBuf,
     output: PathBuf,
-    bits: i64,
-    group_size: Option<i64>,
-    symmetric: bool,
-    granularity: &str,
-    scale_dtype: &str,
     force: bool,
     select: Option<Py<PyAny>>,
     progress: Option<Py<PyAny>>,
+    spec: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let spec = spec_from_options(py, "file", bits, group_size, symmetric, granularity, scale_dtype, true, true)?;
+    let mut spec = spec_from_kwargs("quantize_file", spec, Accepts::NoPack).in_layer(py, "file")?;
+    // The report always carries the error statistics.
+    spec.stats = true;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);
+        // Without a `select(name, ndim)` callable, the default rule: tensors of two or
+        // more dimensions (weights), never 1-D ones (biases, norms), as llama.cpp and
+        // llm-compressor do (docs/decisions.md).
         let select_fn = |e: &crate::files::checkpoint::Entry| -> bool {
-            let Some(f) = &select else { return true };
-            Python::attach(|py| match f.bind(py).call1((&e.name,)).and_then(|r| r.is_truthy()) {
+            let Some(f) = &select else { return e.shape.len() >= 2 };
+            Python::attach(|py| match f.bind(py).call1((&e.name, e.shape.len())).and_then(|r| r.is_truthy()) {
                 Ok(keep) => keep,
                 Err(err) => {
                     select_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
@@ -156,7 +155,7 @@ pub fn dequantize_file<'py>(
 /// `inspect_file(path)`: `{"path", "metadata", "tensors": [{"name", "dtype", "shape", "nbytes"}]}`.
 #[pyfunction]
 pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
-    let ck = Checkpoint::open(&path).map_err(|e| LayerError::new("", e).into_pyerr(py))?;
+    let ck = Checkpoint::open(&path).map_err(|e| to_pyerr(py, e.into(), None))?;
     let d = PyDict::new(py);
     d.set_item("path", ck.path.to_string_lossy().into_owned())?;
     d.set_item("metadata", ck.metadata.clone())?;

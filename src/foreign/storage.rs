@@ -1,8 +1,42 @@
-//! Rust-owned memory that results export without copying.
+//! Rust-owned memory that results export without copying, and the pool it comes from.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::quant::{Quantized, Scales};
+use crate::quant::alloc::DEFAULT_LIMIT_BYTES;
+use crate::quant::{BufferPool, Quantized, Scales};
+
+/// Where the results handed to Python come from, and where they go back to when the last
+/// Python object (or export) holding them is freed: the next result of a close size
+/// reuses them instead of faulting in fresh pages. `configure_buffer_pool` sets its cap.
+pub static RESULT_POOL: BufferPool = BufferPool::new(DEFAULT_LIMIT_BYTES);
+
+/// A quantization result shared by a `QuantizedTensor` and its exports; its vectors go
+/// back to [`RESULT_POOL`] when the last holder drops.
+#[derive(Debug)]
+pub struct SharedResult(Option<Quantized>);
+
+impl SharedResult {
+    /// Share `q`.
+    pub fn new(q: Quantized) -> Arc<Self> {
+        Arc::new(SharedResult(Some(q)))
+    }
+}
+
+impl Deref for SharedResult {
+    type Target = Quantized;
+    fn deref(&self) -> &Quantized {
+        self.0.as_ref().expect("taken only in Drop")
+    }
+}
+
+impl Drop for SharedResult {
+    fn drop(&mut self) {
+        if let Some(q) = self.0.take() {
+            q.recycle(&RESULT_POOL);
+        }
+    }
+}
 
 /// Which buffer of a [`Quantized`] a tensor exposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +90,7 @@ impl ExportDType {
 #[derive(Debug)]
 pub enum Storage {
     /// One buffer of a quantization result (shared, never copied).
-    Part(Arc<Quantized>, Part),
+    Part(Arc<SharedResult>, Part),
     /// Float32 values (dequantized output).
     F32(Vec<f32>),
     /// A private copy made for `__dlpack__(copy=True)`; 8-byte aligned.
@@ -67,7 +101,7 @@ pub enum Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         if let Storage::F32(values) = self {
-            crate::buffer_pool::give_back(std::mem::take(values));
+            crate::quant::Allocator::recycle_floats(&RESULT_POOL, std::mem::take(values));
         }
     }
 }

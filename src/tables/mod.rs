@@ -1,5 +1,9 @@
-//! The §5 table layout in Arrow, pure Rust: reading list rows of the input table and
-//! building the output record batch. Shared by the Python bridge and the file job.
+//! The §5 table layout in Arrow (docs/formats.md), pure Rust: reading list rows of an
+//! input table, quantizing rows into the output's buffers ([`quantize`]), and building
+//! the output record batch. Shared by the Python surface and the file job.
+
+mod quantize;
+pub use quantize::{quantize_rows, Failures};
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use arrow_array::{
 use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, Schema};
+use half::{bf16, f16};
 
 use crate::quant::{Granularity, QuantSpec, ScaleDtype};
 
@@ -82,6 +87,15 @@ pub fn spec_json(spec: &QuantSpec) -> String {
         spec.scale_dtype.name(),
         spec.pack
     )
+}
+
+/// Scales as an Arrow buffer of their stored type (aligned for it).
+pub fn scale_buffer(scales: Vec<f32>, dtype: ScaleDtype) -> Buffer {
+    match dtype {
+        ScaleDtype::F32 => Buffer::from_vec(scales),
+        ScaleDtype::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
+        ScaleDtype::BF16 => Buffer::from_vec(scales.iter().map(|&s| bf16::from_f32(s).to_bits()).collect::<Vec<u16>>()),
+    }
 }
 
 fn offsets_i32(v: Vec<i32>) -> OffsetBuffer<i32> {

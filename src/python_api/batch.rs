@@ -4,7 +4,6 @@
 //! quantized in parallel with the GIL released. Failures are collected for EVERY layer,
 //! import and engine alike, and reported together.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
@@ -14,13 +13,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use rayon::prelude::*;
 
-use crate::bridge::errors::{BatchQuantizationError, QuantizationWarning};
-use crate::bridge::functions::spec_from_options;
-use crate::bridge::import::{import_tensor, Imported};
-use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
-use crate::bridge::quantized_tensor::QuantizedTensor;
 use crate::error::Error;
-use crate::quant::{self, QuantSpec, Quantized, TensorView};
+use crate::foreign::import::{import_tensor, Imported};
+use crate::python_api::errors::{BatchQuantizationError, InLayer, QuantizationWarning};
+use crate::python_api::functions::engine;
+use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
+use crate::python_api::quantized_tensor::QuantizedTensor;
+use crate::python_api::run::contain;
+use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::quant::{QuantSpec, Quantized, TensorView};
 
 static BATCH_RESULT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -108,9 +109,7 @@ fn quantize_one(view: &TensorView<'_>, spec: &QuantSpec, cancelled: &AtomicBool)
     if cancelled.load(Ordering::Relaxed) {
         return Err(Error::Internal("cancelled: the progress callback raised".into()));
     }
-    catch_unwind(AssertUnwindSafe(|| quant::quantize(view, spec))).unwrap_or_else(|_| {
-        Err(Error::Internal("a Rust panic was contained while quantizing this layer".into()))
-    })
+    contain(|| engine().quantize(view, spec))
 }
 
 /// Quantize `views` in parallel with the GIL released, reporting each finished layer to
@@ -166,24 +165,17 @@ fn run_parallel(
 
 /// `quantize_batch(mapping, *, continue_on_error=False, progress=None, **spec)`.
 #[pyfunction]
-#[pyo3(signature = (mapping, *, continue_on_error=false, progress=None, bits=4, group_size=Some(128), symmetric=false, granularity="group", scale_dtype="float32", pack=true, stats=false, _api=None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (mapping, *, continue_on_error=false, progress=None, api=None, **spec))]
 pub fn quantize_batch<'py>(
     py: Python<'py>,
     mapping: &Bound<'py, PyAny>,
     continue_on_error: bool,
     progress: Option<&Bound<'py, PyAny>>,
-    bits: i64,
-    group_size: Option<i64>,
-    symmetric: bool,
-    granularity: &str,
-    scale_dtype: &str,
-    pack: bool,
-    stats: bool,
-    _api: Option<&str>,
+    api: Option<&str>,
+    spec: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let api = _api.unwrap_or("quantize_batch");
-    let spec = spec_from_options(py, "batch", bits, group_size, symmetric, granularity, scale_dtype, pack, stats)?;
+    let api = api.unwrap_or("quantize_batch");
+    let spec = spec_from_kwargs("quantize_batch", spec, Accepts::All).in_layer(py, "batch")?;
     let mut timer = PhaseTimer::start();
 
     // 1. Import every layer under the GIL; remember every failure.
@@ -202,12 +194,12 @@ pub fn quantize_batch<'py>(
             Ok(s) => s.to_str()?.to_owned(),
             Err(_) => key.str()?.to_str()?.to_owned(),
         };
-        match import_tensor(&value, &name) {
+        match import_tensor(&value) {
             Ok(imp) => {
                 names.push(name);
                 imports.push(imp);
             }
-            Err(e) => failures.push((name, reason_of(py, &e))),
+            Err(e) => failures.push((name, e.reason())),
         }
     }
     let import_s = timer.lap();
@@ -236,7 +228,7 @@ pub fn quantize_batch<'py>(
             Ok(q) => {
                 output_bytes += q.nbytes();
                 tensors += 1;
-                let t = QuantizedTensor::new(py, q, Some(name.clone()))?;
+                let t = QuantizedTensor::new(q, Some(name.clone()));
                 results.set_item(&name, Py::new(py, t)?)?;
             }
             Err(e) => failures.push((name, e.to_string())),
@@ -294,14 +286,4 @@ pub fn failure_message(failures: &[(String, String)]) -> String {
         message.push_str(&format!("\n  {name}: {reason}"));
     }
     message
-}
-
-/// The reason part of an exception raised for a layer (its message without the
-/// "layer 'name': " prefix).
-pub fn reason_of(py: Python<'_>, err: &PyErr) -> String {
-    let text = err.value(py).to_string();
-    match text.strip_prefix("layer '") {
-        Some(rest) => rest.split_once("': ").map_or(text.clone(), |(_, reason)| reason.to_owned()),
-        None => text,
-    }
 }

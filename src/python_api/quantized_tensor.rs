@@ -7,22 +7,22 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
 use arrow_array::RecordBatch;
-use pyo3::exceptions::PyValueError;
 
-use crate::bridge::ffi::to_python::arrow::batch_capsules;
-use crate::bridge::metrics::{record, CallRecord, PhaseTimer};
-use crate::bridge::native_tensor::NativeTensor;
-use crate::bridge::storage::arrow_buffer;
-use crate::arrow_table::TableParts;
-use crate::bridge::run::detached;
-use crate::bridge::storage::{ExportDType, Part, Storage};
+use crate::error::Error;
+use crate::foreign::storage::{arrow_buffer, ExportDType, Part, SharedResult, Storage};
+use crate::foreign::to_python::arrow::batch_capsules;
+use crate::python_api::functions::engine;
+use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
+use crate::python_api::native_tensor::NativeTensor;
+use crate::python_api::run::detached;
 use crate::quant::{Granularity, Quantized, Scales};
+use crate::tables::TableParts;
 
 /// The result of `quantize`: codes, scales and zero points as `NativeTensor`s, plus the
 /// spec that produced them.
 #[pyclass(frozen, module = "quantbridge", name = "QuantizedTensor")]
 pub struct QuantizedTensor {
-    q: Arc<Quantized>,
+    q: Arc<SharedResult>,
     name: Option<String>,
     // Made on first access (most batch results are only written out, never looked at),
     // then the same object every time.
@@ -33,14 +33,14 @@ pub struct QuantizedTensor {
 
 impl QuantizedTensor {
     /// Wrap an engine result; its buffers are shared, not copied.
-    pub fn new(_py: Python<'_>, q: Quantized, name: Option<String>) -> PyResult<Self> {
-        Ok(QuantizedTensor {
-            q: Arc::new(q),
+    pub fn new(q: Quantized, name: Option<String>) -> Self {
+        QuantizedTensor {
+            q: SharedResult::new(q),
             name,
             codes: PyOnceLock::new(),
             scales: PyOnceLock::new(),
             zero_points: PyOnceLock::new(),
-        })
+        }
     }
 
     /// The `NativeTensor` over one part, made once.
@@ -69,7 +69,7 @@ impl QuantizedTensor {
     }
 
     /// The engine result.
-    pub fn inner(&self) -> &Arc<Quantized> {
+    pub fn inner(&self) -> &Quantized {
         &self.q
     }
 
@@ -77,7 +77,7 @@ impl QuantizedTensor {
     pub fn dequantize_tensor(&self, py: Python<'_>) -> PyResult<NativeTensor> {
         let mut timer = PhaseTimer::start();
         let q = self.q.clone();
-        let values = detached(py, self.name.as_deref().unwrap_or("dequantize"), move || q.dequantize())?;
+        let values = detached(py, Some(self.name.as_deref().unwrap_or("dequantize")), move || engine().dequantize(&q))?;
         let quantize_s = timer.lap();
         let output_bytes = values.len() * 4;
         let tensor = NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32);
@@ -95,7 +95,7 @@ impl QuantizedTensor {
     }
 
     /// This result as one row of the §5 output table, sharing its buffers.
-    fn table_row(&self) -> PyResult<RecordBatch> {
+    fn table_row(&self) -> Result<RecordBatch, Error> {
         let q = &self.q;
         let part = |p: Part| arrow_buffer(Arc::new(Storage::Part(q.clone(), p)));
         let n_zps = q.zero_points.as_ref().map_or(0, Vec::len);
@@ -111,7 +111,7 @@ impl QuantizedTensor {
             spec: q.spec,
             passthrough: false,
         };
-        parts.into_batch().map_err(|e| PyValueError::new_err(format!("Arrow export failed: {e}")))
+        parts.into_batch().map_err(|e| Error::Internal(format!("Arrow export failed: {e}")))
     }
 }
 
@@ -230,7 +230,7 @@ impl QuantizedTensor {
         py: Python<'py>,
         requested_schema: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        batch_capsules(py, &self.table_row()?, requested_schema)
+        Ok(batch_capsules(py, &self.table_row()?, requested_schema)?)
     }
 
     /// `(q - zp) * scale` as a float32 `NativeTensor` of the source shape.

@@ -9,9 +9,10 @@ use pyo3::types::{PyBytes, PyCapsule, PyTuple};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field};
 
-use crate::bridge::ffi::to_python::{arrow, dlpack};
-use crate::bridge::storage::{arrow_buffer, ExportDType, Storage};
-use crate::arrow_table::BF16_METADATA;
+use crate::foreign::to_python::{arrow, dlpack};
+use crate::foreign::storage::{arrow_buffer, ExportDType, Storage};
+use crate::error::Error;
+use crate::tables::BF16_METADATA;
 
 /// A read-only, row-major tensor owned by quantbridge. Take it with `numpy.from_dlpack`,
 /// `torch.from_dlpack` or `jax.numpy.from_dlpack`: no copy is made.
@@ -51,6 +52,8 @@ impl NativeTensor {
         let _ = stream;
         if let Some((device_type, _)) = dl_device {
             if device_type != 1 {
+                // The DLPack protocol asks for BufferError here: consumers catch it to fall
+                // back to another device or a copy.
                 return Err(PyBufferError::new_err(format!(
                     "quantbridge tensors live in CPU memory; cannot export to DLPack device type {device_type}"
                 )));
@@ -89,8 +92,8 @@ impl NativeTensor {
             .len(len)
             .add_buffer(arrow_buffer(self.storage.clone()))
             .build()
-            .map_err(|e| PyBufferError::new_err(format!("Arrow export failed: {e}")))?;
-        arrow::array_capsules(py, &field, &data)
+            .map_err(|e| Error::Internal(format!("Arrow export failed: {e}")))?;
+        Ok(arrow::array_capsules(py, &field, &data)?)
     }
 
     /// `(kDLCPU, 0)`.

@@ -9,8 +9,9 @@ use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 
-use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
-use crate::bridge::errors::{validation, LayerError};
+use crate::foreign::borrowed::{BorrowedTensor, Owner, RawTensor};
+use crate::foreign::import::Imported;
+use crate::foreign::{BridgeError, BridgeResult};
 use crate::quant::DType;
 
 /// Values copied out of a Python object.
@@ -60,17 +61,7 @@ impl Owner for OwnedOwner {
     }
 }
 
-/// A legacy import: the guard plus the number of bytes copied to build it.
-pub struct Materialised {
-    /// The guard over the owned copy.
-    pub tensor: BorrowedTensor,
-    /// Bytes copied.
-    pub bytes_copied: usize,
-    /// Why the copy was needed, for the `PerformanceWarning`.
-    pub reason: &'static str,
-}
-
-fn wrap(py: Python<'_>, layer: &str, values: OwnedValues, shape: Vec<i64>, reason: &'static str) -> PyResult<Materialised> {
+fn wrap(values: OwnedValues, shape: Vec<i64>, reason: &'static str) -> BridgeResult<Imported> {
     let bytes_copied = values.nbytes();
     let raw = RawTensor {
         data: values.as_ptr(),
@@ -83,8 +74,8 @@ fn wrap(py: Python<'_>, layer: &str, values: OwnedValues, shape: Vec<i64>, reaso
     let owner = Box::new(OwnedOwner { _values: values });
     // SAFETY: the owner holds the Vec whose heap block `raw` describes (row-major, exactly
     // `shape`), which nobody else can reach or write, until the guard drops.
-    let tensor = unsafe { BorrowedTensor::new(&raw, owner) }.map_err(|e| LayerError::new(layer, e).into_pyerr(py))?;
-    Ok(Materialised { tensor, bytes_copied, reason })
+    let tensor = unsafe { BorrowedTensor::new(&raw, owner) }?;
+    Ok(Imported { tensor, bytes_copied, copy_reason: Some(reason) })
 }
 
 /// Whether `obj` is something the legacy path can take.
@@ -94,22 +85,20 @@ pub fn accepts(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 /// Copy a buffer-protocol object or a (nested) sequence of numbers.
-pub fn materialise(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<Materialised> {
+pub fn materialise(obj: &Bound<'_, PyAny>) -> BridgeResult<Imported> {
     let py = obj.py();
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
-        return materialise_sequence(obj, layer);
+        return materialise_sequence(obj);
     }
     if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
-        return Err(validation(
-            py,
-            layer,
-            "raw bytes (a buffer of format 'B', uint8)".into(),
+        return Err(BridgeError::refused(
+            "raw bytes (a buffer of format 'B', uint8)",
             "float values",
             "pass numpy.frombuffer(data, dtype=numpy.float32) or an array.array('f', ...)",
         ));
     }
     let buffer = PyUntypedBuffer::get(obj)?;
-    let result = materialise_buffer(py, &buffer, layer);
+    let result = materialise_buffer(&buffer);
     buffer.release(py);
     result
 }
@@ -136,21 +125,17 @@ fn buffer_format(format: &str) -> Option<(DType, bool)> {
     Some((dtype, swapped))
 }
 
-fn materialise_buffer(py: Python<'_>, buffer: &PyUntypedBuffer, layer: &str) -> PyResult<Materialised> {
+fn materialise_buffer(buffer: &PyUntypedBuffer) -> BridgeResult<Imported> {
     let format = buffer.format().to_string_lossy().into_owned();
     let Some((dtype, swapped)) = buffer_format(&format) else {
-        return Err(validation(
-            py,
-            layer,
+        return Err(BridgeError::refused(
             format!("a buffer of format {format:?}"),
             "a buffer of float16 ('e'), float32 ('f') or float64 ('d') values",
             "convert first, e.g. numpy.asarray(x, dtype=numpy.float32)",
         ));
     };
     if buffer.item_size() != dtype.itemsize() || buffer.suboffsets().is_some() {
-        return Err(validation(
-            py,
-            layer,
+        return Err(BridgeError::refused(
             format!("a buffer of format {format:?} with item size {}", buffer.item_size()),
             "a plain strided buffer",
             "convert first, e.g. numpy.asarray(x, dtype=numpy.float32)",
@@ -163,7 +148,7 @@ fn materialise_buffer(py: Python<'_>, buffer: &PyUntypedBuffer, layer: &str) -> 
         DType::F64 | DType::BF16 => OwnedValues::F64(gather(buffer, swapped, f64::from_ne_bytes)),
     };
     let reason = if swapped { "a byte-swapped buffer" } else { "a buffer-protocol object" };
-    wrap(py, layer, values, shape, reason)
+    wrap(values, shape, reason)
 }
 
 /// Every item of `buffer` in row-major order, through its own strides, decoded by `decode`
@@ -193,20 +178,17 @@ fn gather<T, const N: usize>(buffer: &PyUntypedBuffer, swapped: bool, decode: im
     out
 }
 
-fn materialise_sequence(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<Materialised> {
-    let py = obj.py();
+fn materialise_sequence(obj: &Bound<'_, PyAny>) -> BridgeResult<Imported> {
     let mut shape: Vec<i64> = Vec::new();
     let mut values: Vec<f64> = Vec::new();
     collect(obj, 0, &mut shape, &mut values).map_err(|found| {
-        validation(
-            py,
-            layer,
+        BridgeError::refused(
             found,
             "a (nested, rectangular) list of numbers",
             "pass a flat list of floats, equal-length nested lists, or a numpy array",
         )
     })?;
-    wrap(py, layer, OwnedValues::F64(values), shape, "a Python sequence")
+    wrap(OwnedValues::F64(values), shape, "a Python sequence")
 }
 
 /// Depth-first flattening that infers the shape from the first element at each depth.

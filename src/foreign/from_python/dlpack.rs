@@ -18,9 +18,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
-use crate::bridge::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED, USED_DLTENSOR, USED_DLTENSOR_VERSIONED};
-use crate::bridge::errors::{validation, LayerError};
+use crate::foreign::borrowed::{BorrowedTensor, Owner, RawTensor};
+use crate::foreign::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED, USED_DLTENSOR, USED_DLTENSOR_VERSIONED};
+use crate::foreign::{BridgeError, BridgeResult};
 use crate::quant::DType;
 
 /// Most dimensions a producer may claim before we read its shape array.
@@ -95,11 +95,8 @@ fn device_name(device_type: u32) -> String {
     format!("{name} (DLPack device type {device_type})")
 }
 
-fn device_error(py: Python<'_>, layer: &str, device_type: u32) -> PyErr {
-    validation(
-        py,
-        layer,
-        format!("a tensor on device {}", device_name(device_type)),
+fn device_error(device_type: u32) -> BridgeError {
+    BridgeError::refused(format!("a tensor on device {}", device_name(device_type)),
         "a tensor in CPU memory (cpu, cuda_host or cuda_managed)",
         "move it to the CPU first, e.g. x.cpu() (torch) or jax.device_get(x)",
     )
@@ -132,7 +129,7 @@ fn engine_dtype(code: u8, bits: u8, lanes: u16) -> Result<DType, String> {
 }
 
 /// Get a capsule from the producer, asking for a versioned one first.
-fn call_dlpack<'py>(obj: &Bound<'py, PyAny>, layer: &str) -> PyResult<Bound<'py, PyAny>> {
+fn call_dlpack<'py>(obj: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py, PyAny>> {
     let py = obj.py();
     // The same `{"max_version": (1, 0)}` for every call (producers get their own **kwargs).
     static MAX_VERSION: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
@@ -148,47 +145,36 @@ fn call_dlpack<'py>(obj: &Bound<'py, PyAny>, layer: &str) -> PyResult<Bound<'py,
         Err(e) if e.is_instance_of::<PyTypeError>(py) => method.call0(),
         other => other,
     };
-    result.map_err(|cause| {
-        let err = validation(
-            py,
-            layer,
-            format!("a producer whose __dlpack__() raised {cause}"),
-            "a producer that can export its memory through DLPack",
-            "export a plain CPU tensor (for torch: x.detach().cpu(); for numpy: a native-byte-order array)",
-        );
-        err.set_cause(py, Some(cause));
-        err
+    result.map_err(|cause| BridgeError::ProducerRaised {
+        method: "__dlpack__",
+        fix: "export a plain CPU tensor (for torch: x.detach().cpu(); for numpy: a native-byte-order array)",
+        cause,
     })
 }
 
 /// Import `obj` through `__dlpack__`. The caller has checked that the attribute exists.
-pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTensor> {
+pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
     let py = obj.py();
     if let Ok(device) = obj.call_method0(intern!(py, "__dlpack_device__")) {
         if let Ok((device_type, _id)) = device.extract::<(u32, i32)>() {
             if !readable_device(device_type) {
-                return Err(device_error(py, layer, device_type));
+                return Err(device_error(device_type));
             }
         }
     }
-    let capsule = match call_dlpack(obj, layer) {
-        // torch refuses to export tensors that require grad; `.detach()` shares their
-        // memory without a copy, and quantizing `layer.weight` is the common case.
-        Err(e) if obj.hasattr(intern!(py, "detach"))? && e.to_string().contains("gradient") => {
-            let detached = obj.call_method0(intern!(py, "detach"))?;
-            if detached.is(obj) {
-                return Err(e);
-            }
-            return import_dlpack(&detached, layer);
+    // torch refuses to export a tensor that requires grad; `.detach()` shares its memory
+    // without a copy, and quantizing `layer.weight` is the common case. The attribute
+    // tells, so no message text is read.
+    if requires_grad(obj) {
+        let detached = obj.call_method0(intern!(py, "detach"))?;
+        if !detached.is(obj) && !requires_grad(&detached) {
+            return import_dlpack(&detached);
         }
-        other => other?,
-    };
+    }
+    let capsule = call_dlpack(obj)?;
     // SAFETY: `capsule` is a live object; PyCapsule_CheckExact only reads its type.
     if unsafe { pyffi::PyCapsule_CheckExact(capsule.as_ptr()) } == 0 {
-        return Err(validation(
-            py,
-            layer,
-            format!("__dlpack__() returning a {} instead of a PyCapsule", capsule.get_type().name()?),
+        return Err(BridgeError::refused(format!("__dlpack__() returning a {} instead of a PyCapsule", capsule.get_type().name()?),
             "a PyCapsule named \"dltensor_versioned\" or \"dltensor\"",
             "fix the producer's __dlpack__, or pass a numpy array or torch tensor",
         ));
@@ -207,19 +193,13 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
         "dltensor_versioned" => (DLTENSOR_VERSIONED, USED_DLTENSOR_VERSIONED, true),
         "dltensor" => (DLTENSOR, USED_DLTENSOR, false),
         "used_dltensor_versioned" | "used_dltensor" => {
-            return Err(validation(
-                py,
-                layer,
-                format!("a capsule named {name:?}: it was already consumed"),
+            return Err(BridgeError::refused(format!("a capsule named {name:?}: it was already consumed"),
                 "a fresh capsule",
                 "call __dlpack__() again for a new capsule; a DLPack capsule can be consumed only once",
             ))
         }
         _ => {
-            return Err(validation(
-                py,
-                layer,
-                format!("a capsule named {name:?}"),
+            return Err(BridgeError::refused(format!("a capsule named {name:?}"),
                 "a capsule named \"dltensor_versioned\" or \"dltensor\"",
                 "fix the producer's __dlpack__, or pass a numpy array or torch tensor",
             ))
@@ -229,10 +209,8 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
     let ptr = unsafe { pyffi::PyCapsule_GetPointer(capsule.as_ptr(), fresh.as_ptr()) };
     let Some(ptr) = NonNull::new(ptr) else {
         PyErr::take(py);
-        return Err(validation(
-            py,
-            layer,
-            "a DLPack capsule holding a NULL pointer".into(),
+        return Err(BridgeError::refused(
+            "a DLPack capsule holding a NULL pointer",
             "a capsule holding a managed tensor",
             "fix the producer's __dlpack__",
         ));
@@ -240,7 +218,7 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
     // SAFETY: `used` is a 'static C string, as PyCapsule_SetName requires. After this the
     // producer's capsule destructor no longer deletes the tensor: we own it.
     if unsafe { pyffi::PyCapsule_SetName(capsule.as_ptr(), used.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
+        return Err(PyErr::fetch(py).into());
     }
     let owner = Box::new(DlpackOwner {
         managed: if versioned { Managed::Versioned(ptr.cast()) } else { Managed::Legacy(ptr.cast()) },
@@ -254,10 +232,7 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
         // version field sits first in every ABI version, so reading it is always allowed.
         let version = unsafe { (*m.as_ptr()).version };
         if version.major != 1 {
-            return Err(validation(
-                py,
-                layer,
-                format!("DLPack version {}.{}", version.major, version.minor),
+            return Err(BridgeError::refused(format!("DLPack version {}.{}", version.major, version.minor),
                 "DLPack major version 1",
                 "upgrade or downgrade the producer library so it speaks DLPack 1.x",
             ));
@@ -269,29 +244,23 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>, layer: &str) -> PyResult<BorrowedTe
         // SAFETY: a "dltensor" capsule holds a DLManagedTensor, alive until its deleter runs.
         unsafe { &(*ptr.cast::<DLManagedTensor>().as_ptr()).dl_tensor }
     };
-    borrow_dltensor(py, tensor, owner, layer)
+    borrow_dltensor(tensor, owner)
 }
 
 /// Validate a producer's `DLTensor` and wrap it in the guard.
-fn borrow_dltensor(py: Python<'_>, t: &DLTensor, owner: Box<DlpackOwner>, layer: &str) -> PyResult<BorrowedTensor> {
+fn borrow_dltensor(t: &DLTensor, owner: Box<DlpackOwner>) -> BridgeResult<BorrowedTensor> {
     if !readable_device(t.device.device_type) {
-        return Err(device_error(py, layer, t.device.device_type));
+        return Err(device_error(t.device.device_type));
     }
     let dtype = engine_dtype(t.dtype.code, t.dtype.bits, t.dtype.lanes).map_err(|name| {
-        validation(
-            py,
-            layer,
-            format!("dtype {name}"),
+        BridgeError::refused(format!("dtype {name}"),
             "float32, float16, bfloat16 or float64",
             "convert first, e.g. x.float() (torch) or x.astype(numpy.float32)",
         )
     })?;
     if !(0..=MAX_NDIM).contains(&t.ndim) {
-        return Err(validation(
-            py,
-            layer,
-            format!("ndim={}", t.ndim),
-            &format!("between 1 and {MAX_NDIM} dimensions"),
+        return Err(BridgeError::refused(format!("ndim={}", t.ndim),
+            format!("between 1 and {MAX_NDIM} dimensions"),
             "the producer's tensor description is corrupt",
         ));
     }
@@ -299,10 +268,7 @@ fn borrow_dltensor(py: Python<'_>, t: &DLTensor, owner: Box<DlpackOwner>, layer:
     let shape: &[i64] = if ndim == 0 {
         &[]
     } else if t.shape.is_null() {
-        return Err(validation(
-            py,
-            layer,
-            format!("a NULL shape pointer for ndim={ndim}"),
+        return Err(BridgeError::refused(format!("a NULL shape pointer for ndim={ndim}"),
             "a shape array",
             "the producer's tensor description is corrupt",
         ));
@@ -322,5 +288,13 @@ fn borrow_dltensor(py: Python<'_>, t: &DLTensor, owner: Box<DlpackOwner>, layer:
     // SAFETY: the owner holds the consumed managed tensor and a strong reference to the
     // producer, so the memory stays valid until it drops; DLPack describes strided views of
     // one allocation; the engine only reads.
-    unsafe { BorrowedTensor::new(&raw, owner) }.map_err(|e| LayerError::new(layer, e).into_pyerr(py))
+    Ok(unsafe { BorrowedTensor::new(&raw, owner) }?)
+}
+
+/// Whether `obj` has a true `requires_grad` attribute (a torch tensor that is part of an
+/// autograd graph) and a `detach` method.
+fn requires_grad(obj: &Bound<'_, PyAny>) -> bool {
+    let py = obj.py();
+    obj.getattr(intern!(py, "requires_grad")).and_then(|v| v.is_truthy()).unwrap_or(false)
+        && obj.hasattr(intern!(py, "detach")).unwrap_or(false)
 }

@@ -18,8 +18,8 @@ use pyo3::ffi as pyffi;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
-use crate::bridge::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED};
-use crate::bridge::storage::{ExportDType, Storage};
+use crate::foreign::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED};
+use crate::foreign::storage::{ExportDType, Storage};
 
 /// Exports whose deleter has not run yet (tests check it returns to its start value).
 pub static LIVE_EXPORTS: AtomicUsize = AtomicUsize::new(0);

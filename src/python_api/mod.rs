@@ -1,23 +1,20 @@
-//! The Python extension module `quantbridge._native`: the only code that touches foreign
-//! memory or the interpreter. The engine in [`crate::quant`] knows nothing of it.
+//! The Python surface: the extension module `quantbridge._native`. Each Python type has
+//! its file; every entry point reads its spec through [`spec_args`], borrows its inputs
+//! through [`crate::foreign`], runs the engine detached ([`run`]) and raises through the
+//! one conversion in [`errors`]. The public signatures and docstrings are in
+//! `python/quantbridge/_api.py`.
 
-pub mod arrow_tensor;
 mod batch;
-mod buffer_pool;
-pub mod borrowed;
-pub mod capsule_names;
-pub mod errors;
-pub mod ffi;
+mod buffer_reuse;
+mod errors;
 mod files;
 mod functions;
-mod import;
-pub mod native_tensor;
-pub mod metrics;
-pub mod quantized_table;
-pub mod quantized_tensor;
+mod metrics;
+mod native_tensor;
+mod quantized_table;
+mod quantized_tensor;
 mod run;
-pub mod storage;
-pub mod table;
+mod spec_args;
 
 use std::sync::atomic::Ordering;
 
@@ -26,14 +23,14 @@ use pyo3::prelude::*;
 /// Number of exported DLPack tensors whose deleter has not run (for leak tests).
 #[pyfunction]
 fn _live_exports() -> usize {
-    ffi::to_python::dlpack::LIVE_EXPORTS.load(Ordering::SeqCst)
+    crate::foreign::to_python::dlpack::LIVE_EXPORTS.load(Ordering::SeqCst)
 }
 
 /// How `obj` would be borrowed: `(kind, data address, nbytes)`. Lets tests prove that the
 /// engine reads the producer's own memory. Consumes one capsule, released at once.
 #[pyfunction]
 fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)> {
-    let imported = import::import_tensor(obj, "tensor")?;
+    let imported = crate::foreign::import::import_tensor(obj)?;
     let guard = imported.tensor;
     let _ = guard.view();
     Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
@@ -42,7 +39,7 @@ fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)
 /// Panics inside the detached region, to prove panics are contained (tests only).
 #[pyfunction]
 fn _panic_in_engine(py: Python<'_>) -> PyResult<()> {
-    run::detached(py, "tensor", || -> crate::Result<()> { panic!("deliberate panic for a test") })
+    run::detached(py, Some("tensor"), || -> crate::Result<()> { panic!("deliberate panic for a test") })
 }
 
 /// A fresh `quantbridge._native` module object, for Rust tests that drive an embedded
@@ -70,7 +67,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(metrics::metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::reset_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::configure_metrics, m)?)?;
-    m.add_function(wrap_pyfunction!(buffer_pool::configure_buffer_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer_reuse::configure_buffer_pool, m)?)?;
     m.add_class::<quantized_table::QuantizedTable>()?;
     m.add("BatchResult", batch::batch_result_type(py)?)?;
     m.add("QuantizationWarning", py.get_type::<errors::QuantizationWarning>())?;

@@ -5,9 +5,9 @@ use arrow_data::ArrayData;
 use arrow_schema::DataType;
 use pyo3::prelude::*;
 
-use crate::bridge::borrowed::{BorrowedTensor, Owner, RawTensor};
-use crate::bridge::errors::{validation, LayerError};
-use crate::bridge::ffi::from_python::arrow::ArrowColumn;
+use crate::foreign::borrowed::{BorrowedTensor, Owner, RawTensor};
+use crate::foreign::{BridgeError, BridgeResult};
+use crate::foreign::from_python::arrow::ArrowColumn;
 use crate::quant::DType;
 
 /// Keeps an imported Arrow array alive: its buffers hold the producer's `ArrowArray`, whose
@@ -33,11 +33,8 @@ pub fn float_dtype(dt: &DataType) -> Option<DType> {
     }
 }
 
-fn dtype_error(py: Python<'_>, layer: &str, dt: &DataType) -> PyErr {
-    validation(
-        py,
-        layer,
-        format!("Arrow values of type {dt}"),
+fn dtype_error(dt: &DataType) -> BridgeError {
+    BridgeError::refused(format!("Arrow values of type {dt}"),
         "float16, float32 or float64 values",
         "cast first, e.g. pyarrow.compute.cast(array, pyarrow.float32())",
     )
@@ -52,28 +49,21 @@ fn first_null(data: &ArrayData, start: usize, len: usize) -> Option<usize> {
 }
 
 /// `len` float values of `values` from logical index `start`, viewed with `shape`.
-///
-/// `row` names the table row in messages (None for a plain array).
 pub fn float_run(
-    py: Python<'_>,
-    layer: &str,
     values: &ArrayData,
     start: usize,
     len: usize,
     shape: &[i64],
     producer: &Bound<'_, PyAny>,
-) -> PyResult<BorrowedTensor> {
-    let dtype = float_dtype(values.data_type()).ok_or_else(|| dtype_error(py, layer, values.data_type()))?;
+) -> BridgeResult<BorrowedTensor> {
+    let dtype = float_dtype(values.data_type()).ok_or_else(|| dtype_error(values.data_type()))?;
     if let Some(i) = first_null(values, start, len) {
-        return Err(validation(
-            py,
-            layer,
-            format!("a null at element {} of its values", i - start),
+        return Err(BridgeError::refused(format!("a null at element {} of its values", i - start),
             "no nulls in weights",
             "fill or drop nulls first, e.g. pyarrow.compute.fill_null(values, 0.0)",
         ));
     }
-    let buffer = values.buffers().first().ok_or_else(|| dtype_error(py, layer, values.data_type()))?;
+    let buffer = values.buffers().first().ok_or_else(|| dtype_error(values.data_type()))?;
     let base = buffer.as_ptr();
     let first = (values.offset() + start) * dtype.itemsize();
     let data = if len == 0 { base } else { base.wrapping_add(first) };
@@ -82,42 +72,34 @@ pub fn float_run(
     // SAFETY: `owner` holds a clone of `values`, whose buffers keep the producer's ArrowArray
     // (and so its memory) alive until the guard drops; Arrow buffers are immutable; `buffer`
     // gives the real extent, which the guard checks every reachable element against.
-    unsafe { BorrowedTensor::new(&raw, owner) }.map_err(|e| LayerError::new(layer, e).into_pyerr(py))
+    Ok(unsafe { BorrowedTensor::new(&raw, owner) }?)
 }
 
 /// A tensor from a whole Arrow column: float values are 1-D, `fixed_size_list<float>[k]`
 /// is 2-D `(len, k)`.
-pub fn column_tensor(
-    py: Python<'_>,
-    layer: &str,
-    col: &ArrowColumn,
-    producer: &Bound<'_, PyAny>,
-) -> PyResult<BorrowedTensor> {
+pub fn column_tensor(col: &ArrowColumn, producer: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
     let data = &col.data;
     match data.data_type() {
         DataType::FixedSizeList(_, k) => {
             if let Some(row) = first_null(data, 0, data.len()) {
-                return Err(null_row(py, layer, row));
+                return Err(null_row(row));
             }
             let k = *k as usize;
             let child = &data.child_data()[0];
-            float_run(py, layer, child, data.offset() * k, data.len() * k, &[data.len() as i64, k as i64], producer)
+            float_run(child, data.offset() * k, data.len() * k, &[data.len() as i64, k as i64], producer)
         }
         _ => {
             if let Some(row) = first_null(data, 0, data.len()) {
-                return Err(null_row(py, layer, row));
+                return Err(null_row(row));
             }
-            float_run(py, layer, data, 0, data.len(), &[data.len() as i64], producer)
+            float_run(data, 0, data.len(), &[data.len() as i64], producer)
         }
     }
 }
 
 /// A `ValidationError` for a null in row `row`.
-pub fn null_row(py: Python<'_>, layer: &str, row: usize) -> PyErr {
-    validation(
-        py,
-        layer,
-        format!("a null in row {row}"),
+pub fn null_row(row: usize) -> BridgeError {
+    BridgeError::refused(format!("a null in row {row}"),
         "no nulls",
         "fill or drop nulls first (pyarrow.compute.fill_null / drop_null)",
     )

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::bridge::errors::PerformanceWarning;
+use crate::python_api::errors::PerformanceWarning;
 
 /// What one call across the boundary did.
 #[derive(Debug, Clone, Default)]

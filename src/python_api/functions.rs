@@ -1,0 +1,67 @@
+//! The module-level functions for one tensor: `quantize` and `dequantize`.
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::foreign::import::import_tensor;
+use crate::foreign::storage::RESULT_POOL;
+use crate::python_api::errors::InLayer;
+use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
+use crate::python_api::native_tensor::NativeTensor;
+use crate::python_api::quantized_tensor::QuantizedTensor;
+use crate::python_api::run::detached;
+use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::quant::{Engine, Kernel};
+
+/// Name used in messages when the caller gave none.
+pub const UNNAMED: &str = "tensor";
+
+/// The engine the Python surface runs: the best kernel, results from [`RESULT_POOL`].
+pub fn engine() -> Engine<'static> {
+    Engine::new(Kernel::best(), &RESULT_POOL)
+}
+
+/// Quantize one tensor (docs/math.md). The input is borrowed, never copied (except on the
+/// legacy list/buffer path, which is counted and announced), and the GIL is released
+/// while the engine runs. `api` names the public entry point in `metrics()`.
+#[pyfunction]
+#[pyo3(signature = (tensor, *, name=None, api=None, **spec))]
+pub fn quantize(
+    py: Python<'_>,
+    tensor: &Bound<'_, PyAny>,
+    name: Option<&str>,
+    api: Option<&str>,
+    spec: Option<&Bound<'_, PyDict>>,
+) -> PyResult<QuantizedTensor> {
+    let layer = name.unwrap_or(UNNAMED);
+    let spec = spec_from_kwargs("quantize", spec, Accepts::All).in_layer(py, layer)?;
+    let mut timer = PhaseTimer::start();
+    let imported = import_tensor(tensor).in_layer(py, layer)?;
+    let import_s = timer.lap();
+    let view = imported.tensor.view();
+    let q = detached(py, Some(layer), || engine().quantize(&view, &spec))?;
+    let quantize_s = timer.lap();
+    let input_bytes = imported.tensor.nbytes();
+    drop(view);
+    drop(imported.tensor); // releases the producer's memory, after the last read
+    let result = QuantizedTensor::new(q, name.map(str::to_owned));
+    let rec = CallRecord {
+        api: api.unwrap_or("quantize").to_owned(),
+        tensors: 1,
+        input_bytes,
+        output_bytes: result.inner().nbytes(),
+        bytes_copied: imported.bytes_copied,
+        copy_reason: imported.copy_reason,
+        import_s,
+        quantize_s,
+        export_s: timer.lap(),
+    };
+    record(py, &rec)?;
+    Ok(result)
+}
+
+/// `q.dequantize()`: float32 values of the source shape.
+#[pyfunction]
+pub fn dequantize(py: Python<'_>, q: &Bound<'_, QuantizedTensor>) -> PyResult<NativeTensor> {
+    q.get().dequantize_tensor(py)
+}

@@ -1,0 +1,78 @@
+//! Quantizing the rows of a §5 table straight into the output table's concatenated
+//! buffers (pure Rust; the bridge borrows the rows, the file job reads them from a map).
+
+use arrow_buffer::Buffer;
+use rayon::prelude::*;
+
+use crate::error::Error;
+use crate::quant::alloc::zeroed;
+use crate::quant::{output_sizes, quantize_into, split_at_cuts, OutBuffers, QuantSpec, Stats, TensorView};
+use crate::tables::{scale_buffer, TableParts};
+
+/// `(layer name, what went wrong)` for every layer that failed.
+pub type Failures = Vec<(String, Error)>;
+
+/// Quantize borrowed rows straight into the table's concatenated buffers, in parallel
+/// (call detached). Returns the parts, or every failing layer with what went wrong.
+pub fn quantize_rows(layers: &[(String, TensorView<'_>)], spec: &QuantSpec) -> Result<(TableParts, Vec<Option<Stats>>), Failures> {
+    // Where each row starts in the three value buffers (one entry per row, plus the end).
+    let (mut code_ends, mut scale_ends, mut zp_ends) = (vec![0usize], vec![0usize], vec![0usize]);
+    for (_, view) in layers {
+        let (c, s, z) = output_sizes(view.shape(), spec);
+        code_ends.push(code_ends.last().unwrap() + c);
+        scale_ends.push(scale_ends.last().unwrap() + s);
+        zp_ends.push(zp_ends.last().unwrap() + z);
+    }
+    let whole_table = |e: Error| vec![("table".to_owned(), e)];
+    let (Ok(scale_offsets), Ok(zp_offsets)) = (int32_offsets(&scale_ends), int32_offsets(&zp_ends)) else {
+        return Err(whole_table(Error::validation(
+            format!("{} scales in one table", scale_ends.last().unwrap()),
+            "at most 2^31 - 1 scales per table (Arrow list offsets are int32)",
+            "split the table into smaller record batches",
+        )));
+    };
+    let mut codes = zeroed::<u8>(*code_ends.last().unwrap()).map_err(whole_table)?;
+    let mut scales = zeroed::<f32>(*scale_ends.last().unwrap()).map_err(whole_table)?;
+    let mut zps = zeroed::<u8>(*zp_ends.last().unwrap()).map_err(whole_table)?;
+    let inner = |ends: &[usize]| ends[1..ends.len() - 1].to_vec();
+    let outcomes: Vec<_> = layers
+        .par_iter()
+        .zip(split_at_cuts(&mut codes, &inner(&code_ends)))
+        .zip(split_at_cuts(&mut scales, &inner(&scale_ends)))
+        .zip(split_at_cuts(&mut zps, &inner(&zp_ends)))
+        .map(|((((_, view), c), s), z)| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                quantize_into(view, spec, OutBuffers { codes: c, scales: s, zero_points: z })
+            }))
+            .unwrap_or_else(|_| Err(Error::Internal("a Rust panic was contained".into())))
+        })
+        .collect();
+    let mut stats = Vec::with_capacity(layers.len());
+    let mut failures = Vec::new();
+    for ((name, _), outcome) in layers.iter().zip(outcomes) {
+        match outcome {
+            Ok(s) => stats.push(s),
+            Err(e) => failures.push((name.clone(), e)),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures);
+    }
+    let parts = TableParts {
+        names: layers.iter().map(|(n, _)| n.clone()).collect(),
+        codes: Buffer::from_vec(codes),
+        code_offsets: code_ends.iter().map(|&o| o as i64).collect(),
+        scales: scale_buffer(scales, spec.scale_dtype),
+        scale_offsets,
+        zero_points: Buffer::from_vec(zps),
+        zp_offsets,
+        shapes: layers.iter().map(|(_, v)| v.shape().to_vec()).collect(),
+        spec: *spec,
+        passthrough: false,
+    };
+    Ok((parts, stats))
+}
+
+fn int32_offsets(ends: &[usize]) -> Result<Vec<i32>, std::num::TryFromIntError> {
+    ends.iter().map(|&e| i32::try_from(e)).collect()
+}
