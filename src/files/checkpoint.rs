@@ -41,6 +41,9 @@ enum Loc {
     Mapped { map: usize, start: usize, end: usize },
     /// `len` values from logical index `start` of an Arrow float array (in a mapped file).
     Arrow { values: ArrayData, start: usize, len: usize },
+    /// A row of a quantbridge Arrow output: listed by `inspect`, never read as a tensor
+    /// (the job refuses quantbridge outputs as input).
+    Listed,
 }
 
 impl Entry {
@@ -144,7 +147,7 @@ impl Checkpoint {
             .collect();
         found.sort_by_key(|e| match e.loc {
             Loc::Mapped { start, .. } => start,
-            Loc::Arrow { .. } => 0,
+            Loc::Arrow { .. } | Loc::Listed => 0,
         });
         self.entries.extend(found);
         self.maps.push(map);
@@ -233,10 +236,60 @@ impl Checkpoint {
             entries: vec![],
             metadata: schema.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
+        let ours = ck.metadata.contains_key("quantbridge.spec");
         for batch in &batches {
-            ck.add_arrow_rows(path, batch)?;
+            if ours {
+                ck.list_output_rows(path, batch)?;
+            } else {
+                ck.add_arrow_rows(path, batch)?;
+            }
         }
         Ok(ck)
+    }
+
+    /// The rows of a quantbridge Arrow output (docs/formats.md), one entry per layer:
+    /// `Q<bits>` for a quantized layer (its source shape, its stored bytes), the original
+    /// dtype for a pass-through one.
+    fn list_output_rows(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
+        let fix = "pass a file written by quantbridge quantize -o NAME.arrow";
+        let passthrough: HashMap<String, String> = self
+            .metadata
+            .get("quantbridge.passthrough")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or_default();
+        let column = |name: &str| batch.column_by_name(name).map(|c| c.to_data());
+        let (Some(names), Some(codes), Some(scales), Some(zps), Some(shapes), Some(bits)) =
+            (column("layer_name"), column("codes"), column("scales"), column("zero_points"), column("shape"), column("bits"))
+        else {
+            return Err(bad_file(path, "a quantbridge Arrow output without its columns", fix));
+        };
+        let names = arrow_array::make_array(names);
+        let names = names.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad_file(path, "a layer_name column that is not utf8", fix))?;
+        let bits = arrow_array::make_array(bits);
+        let bits = bits.as_any().downcast_ref::<arrow_array::UInt8Array>().ok_or_else(|| bad_file(path, "a bits column that is not uint8", fix))?;
+        let scale_size = match scales.data_type() {
+            DataType::List(f) => f.data_type().primitive_width().unwrap_or(4),
+            _ => 4,
+        };
+        for row in 0..batch.num_rows() {
+            let name = names.value(row).to_owned();
+            let length = |data: &ArrayData| list_row(data, row).map_or(0, |(_, len)| len);
+            let code_bytes = match codes.data_type() {
+                DataType::LargeBinary => {
+                    let offsets = codes.buffers()[0].typed_data::<i64>();
+                    let i = codes.offset() + row;
+                    (offsets[i + 1] - offsets[i]) as usize
+                }
+                _ => 0,
+            };
+            let shape: Vec<usize> = int_list_row(&shapes, row).unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
+            let (dtype, nbytes) = match bits.value(row) {
+                0 => (passthrough.get(&name).cloned().unwrap_or_else(|| "?".into()), code_bytes),
+                b => (format!("Q{b}"), code_bytes + length(&scales) * scale_size + length(&zps)),
+            };
+            self.entries.push(Entry { name, dtype, shape, nbytes, loc: Loc::Listed });
+        }
+        Ok(())
     }
 
     fn add_arrow_rows(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
@@ -325,6 +378,7 @@ impl Checkpoint {
                 let first = (values.offset() + start) * size;
                 &values.buffers()[0].as_slice()[first..first + len * size]
             }
+            Loc::Listed => &[],
         }
     }
 

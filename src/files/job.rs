@@ -300,6 +300,13 @@ pub fn dequantize_checkpoint(
     force: bool,
     on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
 ) -> Result<Vec<LayerReport>> {
+    if output_format(input).ok() == Some(Format::Arrow) {
+        return Err(Error::validation(
+            format!("{}: an Arrow IPC file", input.display()),
+            "a quantbridge .safetensors output (dequantize restores those)",
+            "read an Arrow output with pyarrow.ipc.open_file (docs/formats.md), or quantize to .safetensors",
+        ));
+    }
     if output_format(output)? != Format::Safetensors {
         return Err(Error::validation(
             format!("output {}", output.display()),

@@ -61,9 +61,12 @@ def test_safetensors_round_trip_and_pass_through(checkpoint, tmp_path):
     assert json.loads(meta["quantbridge.spec"])["group_size"] == 32
     restored = load_file(str(qb_dequantize(out, tmp_path)))
     assert set(restored) == set(tensors)
-    for name in ("layer.0.weight", "layer.0.bias", "layer.1.norm"):
+    for name in ("layer.0.weight", "layer.1.norm"):
         assert restored[name].dtype == np.float32 and restored[name].shape == tensors[name].shape
         assert restored_within_bound(tensors[name], restored[name], q[f"{name}.scales"], 32)
+    # 1-D tensors (biases, norms) are not quantized by default: they pass through as they were.
+    assert "layer.0.bias.codes" not in q and np.array_equal(q["layer.0.bias"], tensors["layer.0.bias"])
+    assert restored["layer.0.bias"].dtype == np.float16
     assert np.array_equal(restored["position_ids"], tensors["position_ids"])
 
 
@@ -117,7 +120,8 @@ def test_sharded_and_arrow_inputs(tmp_path):
                       "shape": pa.array([[32, 96], None], pa.list_(pa.int64()))})
     with pa.OSFile(str(tmp_path / "in.arrow"), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
-    qb.quantize_file(tmp_path / "in.arrow", tmp_path / "from-arrow.safetensors")
+    # --include selects 1-D rows too (the default quantizes only tensors of 2+ dimensions).
+    qb.quantize_file(tmp_path / "in.arrow", tmp_path / "from-arrow.safetensors", include=["."])
     q = load_file(str(tmp_path / "from-arrow.safetensors"))
     assert np.array_equal(q["x.codes"], np.from_dlpack(qb.quantize(x).codes))
     assert np.array_equal(q["v.codes"], np.from_dlpack(qb.quantize(x[0]).codes))
@@ -197,7 +201,7 @@ def test_cli_report_and_inspect(checkpoint, tmp_path):
     assert "SQNR dB" in result.stdout and "passed through (I64)" in result.stdout and "total:" in result.stdout
     data = json.loads(report.read_text())
     assert data["spec"]["group_size"] is None and len(data["layers"]) == len(tensors)
-    assert data["totals"]["quantized"] == 3 and data["totals"]["worst_sqnr_db"] > 10
+    assert data["totals"]["quantized"] == 2 and data["totals"]["worst_sqnr_db"] > 10  # the 1-D bias stays
     listing = cli("inspect", path)
     assert listing.returncode == 0 and "layer.0.weight" in listing.stdout and "5 tensors" in listing.stdout
 
@@ -206,14 +210,15 @@ def test_embedded_minilm_within_the_bound(tmp_path):
     out = tmp_path / "minilm-int4.safetensors"
     result = cli("quantize", "-o", out)
     assert result.returncode == 0, result.stderr
-    assert "total: 103 of 104 tensors quantized" in result.stdout
+    # Its 40 matrices; the 64 biases and LayerNorm weights (1-D) stay in float32.
+    assert "total: 40 of 104 tensors quantized" in result.stdout
     from quantbridge._files import default_checkpoint
 
     original = load_file(str(default_checkpoint()))
     q = load_file(str(out))
     restored = load_file(str(qb_dequantize(out, tmp_path)))
     for name, x in original.items():
-        if x.dtype != np.float32:
+        if x.dtype != np.float32 or x.ndim < 2:
             assert np.array_equal(restored[name], x)
             continue
         assert restored_within_bound(x, restored[name], q[f"{name}.scales"], 128), name

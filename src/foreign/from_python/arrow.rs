@@ -51,6 +51,12 @@ struct RawArrowArray {
     private_data: *mut u8,
 }
 
+// The mirror must have exactly the layout of arrow-rs's own `repr(C)` struct, or the casts
+// from `FFI_ArrowArray` below would read the wrong fields.
+const _: () = assert!(std::mem::size_of::<RawArrowArray>() == std::mem::size_of::<FFI_ArrowArray>());
+const _: () = assert!(std::mem::align_of::<RawArrowArray>() == std::mem::align_of::<FFI_ArrowArray>());
+const _: () = assert!(std::mem::size_of::<RawArrowArray>() == 80, "the C Data Interface's struct ArrowArray");
+
 fn malformed(found: String) -> BridgeError {
     BridgeError::refused(
         found,

@@ -20,27 +20,44 @@ use pyo3::types::PyCapsule;
 
 use crate::foreign::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED};
 use crate::foreign::storage::{ExportDType, Storage};
+use crate::quant::contiguous_strides;
 
 /// Exports whose deleter has not run yet (tests check it returns to its start value).
 pub static LIVE_EXPORTS: AtomicUsize = AtomicUsize::new(0);
 
-/// A versioned export's heap block. `managed` comes first, so a pointer to it is a pointer
-/// to the whole block (`repr(C)`).
+/// An export's heap block: the managed struct (`DLManagedTensorVersioned` or the legacy
+/// `DLManagedTensor`) first, so a pointer to it is a pointer to the whole block.
 #[repr(C)]
-struct ExportedVersioned {
-    managed: DLManagedTensorVersioned,
+struct Exported<M> {
+    managed: M,
     shape: Vec<i64>,
     strides: Vec<i64>,
     _storage: Arc<Storage>,
 }
 
-/// A legacy export's heap block, laid out like [`ExportedVersioned`].
-#[repr(C)]
-struct ExportedLegacy {
-    managed: DLManagedTensor,
-    shape: Vec<i64>,
-    strides: Vec<i64>,
-    _storage: Arc<Storage>,
+type ExportedVersioned = Exported<DLManagedTensorVersioned>;
+type ExportedLegacy = Exported<DLManagedTensor>;
+
+const _: () = assert!(std::mem::offset_of!(ExportedVersioned, managed) == 0);
+const _: () = assert!(std::mem::offset_of!(ExportedLegacy, managed) == 0);
+
+impl<M> Exported<M> {
+    /// Leak a block for `managed`, pointing its tensor's shape and strides at the block's
+    /// own vectors (`tensor` picks the `DLTensor` out of `M`).
+    fn leak(managed: M, shape: &[i64], storage: Arc<Storage>, tensor: fn(&mut M) -> &mut DLTensor) -> NonNull<c_void> {
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let mut block = Box::new(Exported {
+            managed,
+            shape: shape.to_vec(),
+            strides: contiguous_strides(&dims).into_iter().map(|s| s as i64).collect(),
+            _storage: storage,
+        });
+        let (shape_ptr, strides_ptr) = (block.shape.as_mut_ptr(), block.strides.as_mut_ptr());
+        let t = tensor(&mut block.managed);
+        t.shape = shape_ptr;
+        t.strides = strides_ptr;
+        NonNull::new(Box::into_raw(block).cast()).expect("Box::into_raw is non-null")
+    }
 }
 
 unsafe extern "C" fn delete_versioned(managed: *mut DLManagedTensorVersioned) {
@@ -88,14 +105,6 @@ fn dl_dtype(dtype: ExportDType) -> DLDataType {
     DLDataType { code: code as u8, bits, lanes: 1 }
 }
 
-fn row_major_strides(shape: &[i64]) -> Vec<i64> {
-    let mut strides = vec![1i64; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1].max(1);
-    }
-    strides
-}
-
 /// Export `storage` (row-major, `shape`, `dtype`) as a DLPack capsule: versioned and
 /// flagged read-only when `versioned`, else a legacy `dltensor`.
 pub fn export<'py>(
@@ -116,34 +125,18 @@ pub fn export<'py>(
         strides: std::ptr::null_mut(),
         byte_offset: 0,
     };
-    let (ptr, name): (NonNull<c_void>, _) = if versioned {
-        let mut block = Box::new(ExportedVersioned {
-            managed: DLManagedTensorVersioned {
-                version: DLPackVersion { major: 1, minor: 0 },
-                manager_ctx: std::ptr::null_mut(),
-                deleter: Some(delete_versioned),
-                flags: DLPACK_FLAG_BITMASK_READ_ONLY | if copied { DLPACK_FLAG_BITMASK_IS_COPIED } else { 0 },
-                dl_tensor,
-            },
-            shape: shape.to_vec(),
-            strides: row_major_strides(shape),
-            _storage: storage,
-        });
-        block.managed.dl_tensor.shape = block.shape.as_mut_ptr();
-        block.managed.dl_tensor.strides = block.strides.as_mut_ptr();
-        let raw = Box::into_raw(block);
-        (NonNull::new(raw.cast()).expect("Box::into_raw is non-null"), DLTENSOR_VERSIONED)
+    let (ptr, name) = if versioned {
+        let managed = DLManagedTensorVersioned {
+            version: DLPackVersion { major: 1, minor: 0 },
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(delete_versioned),
+            flags: DLPACK_FLAG_BITMASK_READ_ONLY | if copied { DLPACK_FLAG_BITMASK_IS_COPIED } else { 0 },
+            dl_tensor,
+        };
+        (Exported::leak(managed, shape, storage, |m| &mut m.dl_tensor), DLTENSOR_VERSIONED)
     } else {
-        let mut block = Box::new(ExportedLegacy {
-            managed: DLManagedTensor { dl_tensor, manager_ctx: std::ptr::null_mut(), deleter: Some(delete_legacy) },
-            shape: shape.to_vec(),
-            strides: row_major_strides(shape),
-            _storage: storage,
-        });
-        block.managed.dl_tensor.shape = block.shape.as_mut_ptr();
-        block.managed.dl_tensor.strides = block.strides.as_mut_ptr();
-        let raw = Box::into_raw(block);
-        (NonNull::new(raw.cast()).expect("Box::into_raw is non-null"), DLTENSOR)
+        let managed = DLManagedTensor { dl_tensor, manager_ctx: std::ptr::null_mut(), deleter: Some(delete_legacy) };
+        (Exported::leak(managed, shape, storage, |m| &mut m.dl_tensor), DLTENSOR)
     };
     LIVE_EXPORTS.fetch_add(1, Ordering::SeqCst);
     // SAFETY: `ptr` is a leaked export block whose managed struct (first field) is what the
