@@ -1,4 +1,4 @@
-//! Test binaries embed CPython (SPEC §9 property tests): point their rpath at the libpython
+//! Test binaries embed CPython (docs/testing.md property tests): point their rpath at the libpython
 //! of the interpreter PyO3 was configured for, so they never pick up another one on the
 //! system library path. The extension module itself links no libpython rpath.
 fn main() {

@@ -10,7 +10,7 @@ machine hits all of them alike instead of one.
 * quantbridge rows: against ``np.copyto`` of the same float32 array (a memcpy into an
   existing array). Half-precision inputs are compared per element (same element count).
 * Peer rows: against quantbridge int4 g128 on the same (smaller) tensor: numpy and torch
-  implementations of the same SPEC §2 quantizer, onnxruntime's C++ ``quantize_matmul_4bits``
+  implementations of the same docs/math.md quantizer, onnxruntime's C++ ``quantize_matmul_4bits``
   and gguf-py's Q4_0 when installed (``pip install .[bench]``). Peers are timed one after
   another, not interleaved: their thread pools spin after each call.
 * Small calls: microseconds per call / per layer (these are latencies, not bandwidths).

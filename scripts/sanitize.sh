@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Rust suite under AddressSanitizer (not part of CI: it needs the unstable
 # -Zsanitizer flag, enabled on the stable toolchain with RUSTC_BOOTSTRAP=1, and it is slow).
-#   bash scripts/sanitize.sh            # engine tests with leak detection, then the SPEC §9
+#   bash scripts/sanitize.sh            # engine tests with leak detection, then the docs/testing.md
 #                                       # property tests (embedded CPython) without it
 # The fuzz targets (fuzz/, cargo-fuzz) run under ASan too:
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run -O engine -- -max_total_time=600

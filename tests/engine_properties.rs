@@ -1,5 +1,5 @@
 //! Properties of the pure engine: the fast path equals the scalar reference bit for bit, the
-//! error bound of SPEC §2 holds, and packing round-trips. `PROPTEST_CASES` raises the count.
+//! error bound of docs/math.md holds, and packing round-trips. `PROPTEST_CASES` raises the count.
 
 use half::{bf16, f16};
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! SPEC §9, property 4: every API gives bit-identical codes, scales and zero points for
+//! docs/testing.md, property 4: every API gives bit-identical codes, scales and zero points for
 //! the same tensor and spec — and they equal the pure Rust engine's.
 
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC §9, properties 3 and 7.
+//! docs/testing.md, properties 3 and 7.
 //!
 //! 3. Bad input raises `ValidationError` (a `QuantizationError` and a `ValueError`) that
 //!    names the layer, what was found, what was expected and the fix; a NaN/Inf error

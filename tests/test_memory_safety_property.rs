@@ -1,4 +1,4 @@
-//! SPEC §9, properties 8–11: lifetime, refcount, threads, cleanup.
+//! docs/testing.md, properties 8–11: lifetime, refcount, threads, cleanup.
 //!
 //! 8. The guard keeps the producer alive while Rust reads, and lets it go after: a
 //!    producer the caller holds no reference to is freed once the call returns.

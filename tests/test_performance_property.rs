@@ -1,4 +1,4 @@
-//! SPEC §9, properties 12 and 13.
+//! docs/testing.md, properties 12 and 13.
 //!
 //! 12. `metrics()` reports every call: calls per API, crossings, tensors, bytes in and out,
 //!     and `bytes_copied` that is 0 on zero-copy paths and the copy's size on the legacy one.

@@ -1,4 +1,4 @@
-//! SPEC §9, properties 1 and 5: the engine reads the producer's own memory.
+//! docs/testing.md, properties 1 and 5: the engine reads the producer's own memory.
 //!
 //! 1. For numpy arrays (through DLPack), whatever their layout and dtype, the address the
 //!    guard hands the engine is the array's own data pointer, and no byte is copied.

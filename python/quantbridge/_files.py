@@ -1,6 +1,6 @@
 """The main job as Python functions: ``quantize_file``, ``dequantize_file``, ``inspect_file``.
 
-Files are memory-mapped and processed tensor by tensor in Rust (SPEC §6); these wrappers
+Files are memory-mapped and processed tensor by tensor in Rust (docs/formats.md (files)); these wrappers
 add the regular-expression filters and the embedded default checkpoint.
 """
 
@@ -79,7 +79,7 @@ def quantize_file(
     time, and return one report per tensor.
 
     ``input`` is a ``.safetensors`` file, a sharded checkpoint (its
-    ``model.safetensors.index.json`` or folder), an Arrow IPC file with the SPEC §5 input
+    ``model.safetensors.index.json`` or folder), an Arrow IPC file with the docs/formats.md (Arrow tables) input
     columns, or ``None`` for the embedded all-MiniLM-L6-v2 checkpoint.
 
     Which tensors are quantized: float tensors whose names match an ``include`` pattern

@@ -1,4 +1,4 @@
-"""The seed-compatible ``Quantizer`` class (SPEC §4).
+"""The seed-compatible ``Quantizer`` class (docs/api.md).
 
 Every method is one call into the native module, so it goes through the same borrowed
 tensor guard, the same engine and the same metrics as the modern functions: for the same
@@ -144,7 +144,7 @@ class Quantizer:
     # -- Arrow ----------------------------------------------------------------------------
 
     def quantize_arrow(self, table: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:
-        """A table with ``layer_name``, ``weights``[, ``shape``] columns (SPEC §5)."""
+        """A table with ``layer_name``, ``weights``[, ``shape``] columns (docs/formats.md (Arrow tables))."""
         return _native.quantize_arrow(table, api="Quantizer.quantize_arrow", **self._spec(bit_width))
 
     def quantize_arrow_batch(self, record_batch: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:

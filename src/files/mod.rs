@@ -1,4 +1,4 @@
-//! Checkpoint files (SPEC §6), pure Rust: safetensors and Arrow IPC in (memory-mapped, each
+//! Checkpoint files (docs/formats.md (files)), pure Rust: safetensors and Arrow IPC in (memory-mapped, each
 //! tensor viewed in place as an engine [`TensorView`](crate::quant::TensorView) that
 //! borrows the map), safetensors and Arrow IPC out, one tensor at a time.
 //!

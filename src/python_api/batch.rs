@@ -1,4 +1,4 @@
-//! `quantize_batch` (SPEC §4): one boundary crossing for any number of layers.
+//! `quantize_batch` (docs/api.md): one boundary crossing for any number of layers.
 //!
 //! Every layer is imported under the GIL (each through the one guard), then all of them are
 //! quantized in parallel with the GIL released. Failures are collected for EVERY layer,

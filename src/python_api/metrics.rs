@@ -1,4 +1,4 @@
-//! Process-wide metrics (SPEC §8): what every call imported, copied, computed and exported,
+//! Process-wide metrics (docs/api.md (metrics)): what every call imported, copied, computed and exported,
 //! the throughput per API, the `PerformanceWarning`s, and a `logging` debug record per call.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! `quantize_arrow` / `quantize_arrow_batch` (SPEC §5) and their result, `QuantizedTable`:
+//! `quantize_arrow` / `quantize_arrow_batch` (docs/formats.md (Arrow tables)) and their result, `QuantizedTable`:
 //! a record batch built in Rust that leaves through the Arrow PyCapsule Interface.
 
 use arrow_array::RecordBatch;

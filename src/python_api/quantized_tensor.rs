@@ -1,4 +1,4 @@
-//! `quantbridge.QuantizedTensor`: an immutable quantization result (SPEC §3).
+//! `quantbridge.QuantizedTensor`: an immutable quantization result (docs/formats.md).
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The normative per-group arithmetic of SPEC §2, in float32.
+//! The normative per-group arithmetic of docs/math.md, in float32.
 //!
 //! Everything that decides a code or a scale lives here, so the fast engine, the scalar
 //! reference and dequantization cannot drift apart on the math.
@@ -52,7 +52,7 @@ pub fn round_scale_up(scale: f32, dtype: ScaleDtype) -> Option<f32> {
 
 /// `scale == 0` (a constant-zero group) and float32-subnormal scales become 1.
 ///
-/// SPEC §2 says `if scale == 0: scale = 1`. A subnormal scale (every |x| < ~1e-37) would make
+/// docs/math.md says `if scale == 0: scale = 1`. A subnormal scale (every |x| < ~1e-37) would make
 /// `1/scale` overflow to +inf and `0 * inf` a NaN code, so quantbridge treats it like zero:
 /// those elements then quantize to the zero point, within the scale/2 bound.
 #[inline]

@@ -1,4 +1,4 @@
-//! Code storage (SPEC §2): a flat row-major stream, little end first.
+//! Code storage (docs/math.md): a flat row-major stream, little end first.
 //!
 //! b=4: element 2i is the low nibble of byte i; b=2: element 4i+j sits at bits 2j..2j+1;
 //! b=8 (or `pack=false`): one byte per code.

@@ -72,7 +72,7 @@ impl Scales {
     }
 }
 
-/// Error statistics of a quantization (SPEC §3).
+/// Error statistics of a quantization (docs/formats.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
     /// Mean squared error.

@@ -1,4 +1,4 @@
-//! The scalar reference: SPEC §2 written as literally as possible, one element at a time,
+//! The scalar reference: docs/math.md written as literally as possible, one element at a time,
 //! with no chunking, no fast rounding and no packing tricks. The fast engine is tested
 //! against it bit for bit.
 

@@ -337,7 +337,7 @@ pub mod avx2 {
     /// The stored codes of `xs` (`xs.len()` a multiple of 32), `bits` bits each, packed
     /// into `out` (`xs.len() * bits / 8` bytes; `bits = 8` also serves unpacked storage):
     /// `clamp(rint(x * inv) + zp, lo, hi) + offset`, as `GroupParams::encode`, then the
-    /// SPEC §2 little-end-first packing of `CodeWriter`.
+    /// docs/math.md little-end-first packing of `CodeWriter`.
     ///
     /// # Safety
     /// The CPU supports AVX2.

@@ -1,4 +1,4 @@
-//! What to quantize to: bit width, scheme, granularity, scale storage (SPEC §2).
+//! What to quantize to: bit width, scheme, granularity, scale storage (docs/math.md).
 
 use crate::error::{Error, Result};
 
@@ -114,7 +114,7 @@ impl QuantSpec {
 }
 
 impl QuantSpec {
-    /// Build a spec from the Python API's loosely typed options (SPEC §4):
+    /// Build a spec from the Python API's loosely typed options (docs/api.md):
     /// `group_size=None` or `granularity="channel"` means one group per row.
     pub fn from_options(
         bits: i64,

@@ -291,7 +291,7 @@ impl<'a> TensorView<'a> {
         }
         true
     }
-    /// `rows × cols` with cols the last axis (SPEC §2).
+    /// `rows × cols` with cols the last axis (docs/math.md).
     pub fn rows_cols(&self) -> (usize, usize) {
         let cols = *self.shape.last().expect("ndim >= 1 is checked in new()");
         let rows = self.shape[..self.shape.len() - 1].iter().product();

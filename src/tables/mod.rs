@@ -56,7 +56,7 @@ fn scale_field(dtype: ScaleDtype) -> Field {
     }
 }
 
-/// The output schema (SPEC §5), with the spec as JSON in its metadata.
+/// The output schema (docs/formats.md (Arrow tables)), with the spec as JSON in its metadata.
 pub fn output_schema(spec: &QuantSpec) -> Schema {
     let list = |f: Field| DataType::List(Arc::new(f));
     let fields = vec![

@@ -1,4 +1,4 @@
-//! Shared set-up for the SPEC §9 property tests: one embedded interpreter per test binary
+//! Shared set-up for the docs/testing.md property tests: one embedded interpreter per test binary
 //! with `quantbridge` importable from this checkout (the native module is this crate, the
 //! Python package is `python/quantbridge`), plus the ctypes fake producers of
 //! `tests/python`.

@@ -1,4 +1,4 @@
-"""SPEC §2 written independently in numpy, for bit-exact comparison with quantbridge.
+"""docs/math.md written independently in numpy, for bit-exact comparison with quantbridge.
 
 Nothing here is shared with the Rust engine: it is the contract re-derived from the spec
 text, in float32 numpy arithmetic.

@@ -1,4 +1,4 @@
-"""SPEC §4, §5, §8 from Python with numpy, torch, pyarrow and polars inputs: every API
+"""docs/api.md, §5, §8 from Python with numpy, torch, pyarrow and polars inputs: every API
 bit-identical, Arrow in and out without copies, batches that name every failure, the
 legacy path's copy announced, metrics that add up."""
 

@@ -1,4 +1,4 @@
-"""quantize() is bit-exact with an independent numpy implementation of SPEC §2, for numpy
+"""quantize() is bit-exact with an independent numpy implementation of docs/math.md, for numpy
 and torch inputs in every layout and dtype the spec accepts."""
 
 import numpy as np
@@ -115,7 +115,7 @@ def strided_arrays(draw):
 def test_hypothesis_bit_exact(x, bits, symmetric, gran, scale_dtype, pack):
     spec = dict(bits=bits, symmetric=symmetric, granularity=gran[0], group_size=gran[1], scale_dtype=scale_dtype)
     q = run(x, spec, pack)
-    # SPEC §2: |x - x'| <= scale/2 (up to float32 rounding).
+    # docs/math.md: |x - x'| <= scale/2 (up to float32 rounding).
     values = x.astype(np.float32)
     err = np.abs(values - np.from_dlpack(q.dequantize()))
     assert np.all(err <= np.abs(values) * 1e-6 + _max_scale(q) * (0.5 + 1e-5))

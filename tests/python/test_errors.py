@@ -1,4 +1,4 @@
-"""Errors name the layer, what was found, what was expected and the fix (SPEC §7)."""
+"""Errors name the layer, what was found, what was expected and the fix (docs/api.md (errors))."""
 
 import numpy as np
 import pytest

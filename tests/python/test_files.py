@@ -1,4 +1,4 @@
-"""SPEC §6, the main job: round trips through both output formats, pass-through, filters,
+"""docs/formats.md (files), the main job: round trips through both output formats, pass-through, filters,
 sharded input, Arrow IPC input, corrupt files, CLI exit codes and messages, bounded memory,
 and the embedded MiniLM checkpoint within the spec's error bound."""
 

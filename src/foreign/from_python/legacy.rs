@@ -1,4 +1,4 @@
-//! The legacy path (SPEC §1.3): Python sequences of numbers and buffer-protocol objects.
+//! The legacy path (docs/trust-model.md (legacy path)): Python sequences of numbers and buffer-protocol objects.
 //!
 //! This is the only importer that copies. The values are materialised once, with the GIL
 //! held, into an owned buffer that then enters the SAME [`BorrowedTensor`] guard as every
