@@ -309,3 +309,29 @@ fn zero_size_tensors_give_empty_results() {
         assert!(q.dequantize().unwrap().is_empty());
     }
 }
+
+/// Every kernel build this CPU runs gives the reference's bits on a tensor large enough
+/// for many chunks; the builds it cannot run are named, not silently passed.
+#[test]
+fn every_kernel_build_the_cpu_runs_matches_the_reference() {
+    let supported = Kernel::supported();
+    let skipped: Vec<&str> = Kernel::ALL.iter().filter(|k| !supported.contains(k)).map(|k| k.name()).collect();
+    if !skipped.is_empty() {
+        eprintln!("kernel builds this CPU cannot run, so not checked here: {skipped:?}");
+    }
+    assert_eq!(supported[0], Kernel::Portable, "the portable build runs everywhere");
+    let values: Vec<f32> = (0..257 * 300).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+    let view = TensorView::contiguous(ElemSlice::F32(&values), vec![257, 300]).unwrap();
+    for spec in [QuantSpec::default(), QuantSpec { bits: 2, symmetric: true, stats: true, ..QuantSpec::default() }] {
+        let reference = quantize_reference(&view, &spec).unwrap();
+        for &kernel in &supported {
+            let q = Engine::new(kernel, &Fresh).quantize(&view, &spec).unwrap();
+            assert_eq!(q.codes, reference.codes, "{} codes", kernel.name());
+            assert_eq!(q.scales, reference.scales, "{} scales", kernel.name());
+            assert_eq!(q.zero_points, reference.zero_points, "{} zero points", kernel.name());
+            let restored = Engine::new(kernel, &Fresh).dequantize(&q).unwrap();
+            let restored_ref = q.dequantize_reference();
+            assert!(restored.iter().zip(&restored_ref).all(|(a, b)| a.to_bits() == b.to_bits()), "{} dequantize", kernel.name());
+        }
+    }
+}

@@ -207,7 +207,13 @@ fn log_debug(py: Python<'_>, rec: &CallRecord, gbps: f64) -> PyResult<()> {
     Ok(())
 }
 
-/// `quantbridge.metrics()`: a snapshot of every figure.
+/// A snapshot of every figure since the last reset.
+///
+/// Returns:
+///     dict: ``calls`` per API, ``boundary_crossings``, ``tensors``, ``input_bytes``,
+///     ``output_bytes``, ``bytes_copied`` (0 on every zero-copy path), seconds in
+///     ``import`` / ``quantize`` / ``export``, and per API the last and moving-average
+///     throughput in GB/s (docs/api.md).
 #[pyfunction]
 pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let (apis, t) = with_totals(|t| {
@@ -239,14 +245,28 @@ pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
-/// `quantbridge.reset_metrics()`: clear every figure (the configuration stays).
+/// Clear every figure; the settings of ``configure_metrics`` stay.
+///
+/// Returns:
+///     None.
 #[pyfunction]
 pub fn reset_metrics() {
     with_totals(|t| *t = Totals::default());
 }
 
-/// `quantbridge.configure_metrics(...)`: set when the degradation `PerformanceWarning`
-/// fires; returns the settings now in force.
+/// Set when the slow-call ``PerformanceWarning`` fires; arguments left None keep their value.
+///
+/// Args:
+///     degradation_fraction: warn when a call runs below this fraction (0 never warns) of its API's
+///         moving-average throughput (default 0.1).
+///     min_bytes: only calls reading at least this many bytes are judged (default 1 MiB).
+///     min_samples: calls of an API needed before its average is trusted (default 3).
+///
+/// Returns:
+///     dict: the settings now in force.
+///
+/// Raises:
+///     ValueError: a fraction outside [0, 1] (0 never warns).
 #[pyfunction]
 #[pyo3(signature = (*, degradation_fraction=None, min_bytes=None, min_samples=None))]
 pub fn configure_metrics(

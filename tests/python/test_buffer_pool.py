@@ -1,4 +1,4 @@
-"""Reuse of freed large results (src/buffer_pool.rs).
+"""Reuse of freed large results (src/quant/alloc.rs, RESULT_POOL in src/foreign/storage.rs).
 
 A reused buffer holds a previous result's bytes, so these tests check that a result never
 depends on what was there before, and that a buffer still exported (numpy, torch) is never
