@@ -15,7 +15,6 @@ With no INPUT, ``quantize`` uses the embedded all-MiniLM-L6-v2 checkpoint.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -24,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
-from . import QuantizationError, __version__
+from . import QuantizationError, ValidationError, __version__
 from ._files import compile_patterns, default_checkpoint, dequantize_file, inspect_file, quantize_file
 
 MIB = 2**20
@@ -54,12 +54,13 @@ def _group_size(text: str) -> int:
     return value
 
 
-def _pattern(option: str):  # type: ignore[no-untyped-def]
+def _pattern(option: str) -> Callable[[str], str]:
+    """An argparse type that accepts only valid regular expressions."""
     def parse(text: str) -> str:
         try:
             compile_patterns([text], option)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(f"found {exc.found}; expected {exc.expected}. Fix: {exc.fix}") from None
         return text
     return parse
 
@@ -145,21 +146,8 @@ class ProgressBar:
             self.stream.write("\n")
 
 
-def _table(reports: list[dict[str, Any]], seconds: float, out: TextIO | None) -> dict[str, Any]:
-    """Print the per-layer table to ``out`` (nothing when None) and return the totals."""
-    if out is None:
-        out = io.StringIO()  # the totals are wanted, the table is not
-    width = max([len("layer")] + [len(r["name"]) for r in reports])
-    header = f"{'layer':<{width}} {'shape':>14} {'bits':>4} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>7}"
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for r in reports:
-        shape = "x".join(map(str, r["shape"])) or "scalar"
-        if r["quantized"]:
-            print(f"{r['name']:<{width}} {shape:>14} {r['bits']:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
-                  f"{r['compression']:>6.2f}x", file=out)
-        else:
-            print(f"{r['name']:<{width}} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
+def _totals(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The whole job's figures, for the table's last line and the JSON report."""
     quantized = [r for r in reports if r["quantized"]]
     totals = {
         "tensors": len(reports),
@@ -172,11 +160,26 @@ def _table(reports: list[dict[str, Any]], seconds: float, out: TextIO | None) ->
     if quantized:
         totals["worst_sqnr_db"] = min(r["sqnr_db"] for r in quantized)
         totals["max_abs_error"] = max(r["max_abs_error"] for r in quantized)
+    return totals
+
+
+def _print_table(reports: list[dict[str, Any]], totals: dict[str, Any], out: TextIO) -> None:
+    """One aligned line per tensor, then the totals."""
+    width = max([len("layer")] + [len(r["name"]) for r in reports])
+    header = f"{'layer':<{width}} {'shape':>14} {'bits':>4} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>7}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in reports:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        if r["quantized"]:
+            print(f"{r['name']:<{width}} {shape:>14} {r['bits']:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
+                  f"{r['compression']:>6.2f}x", file=out)
+        else:
+            print(f"{r['name']:<{width}} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
     print("-" * len(header), file=out)
     print(f"total: {totals['quantized']} of {totals['tensors']} tensors quantized, "
           f"{totals['input_bytes'] / MIB:.1f} MiB -> {totals['output_bytes'] / MIB:.1f} MiB "
-          f"({totals['compression']:.2f}x) in {seconds:.2f} s", file=out)
-    return totals
+          f"({totals['compression']:.2f}x) in {totals['seconds']:.2f} s", file=out)
 
 
 def _strict_json(value: Any) -> Any:
@@ -220,7 +223,9 @@ def _quantize(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    totals = _table(reports, seconds, sys.stdout) if not args.quiet else _table(reports, seconds, None)
+    totals = _totals(reports, seconds)
+    if not args.quiet:
+        _print_table(reports, totals, sys.stdout)
     if totals["quantized"] == 0:
         why = ("no tensor name matched --include" if args.include
                else "no float tensor of 2 or more dimensions (pass --include RE to select 1-D ones)")

@@ -33,16 +33,19 @@ def default_checkpoint() -> Path:
 
 
 def compile_patterns(patterns: Iterable[str], option: str) -> list[re.Pattern[str]]:
-    """``patterns`` as regular expressions, or a ``ValidationError`` naming the bad one."""
+    """``patterns`` as regular expressions, or a ``ValidationError`` (with ``found``,
+    ``expected`` and ``fix``, like every other) naming the bad one."""
     compiled = []
     for p in patterns:
         try:
             compiled.append(re.compile(p))
         except re.error as exc:
-            raise ValidationError(
-                f"{option}: found the pattern {p!r}, which is not a regular expression ({exc}); "
-                f"expected a Python regular expression. Fix: escape special characters, e.g. {re.escape(p)!r}"
-            ) from None
+            found = f"the pattern {p!r}, which is not a regular expression ({exc})"
+            expected = "a Python regular expression"
+            fix = f"escape special characters, e.g. {re.escape(p)!r}"
+            error = ValidationError(f"{option}: found {found}; expected {expected}. Fix: {fix}")
+            error.layer, error.found, error.expected, error.fix = "", found, expected, fix
+            raise error from None
     return compiled
 
 

@@ -4,18 +4,19 @@
 //! quantized in parallel with the GIL released. Failures are collected for EVERY layer,
 //! import and engine alike, and reported together.
 
+use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyType};
 use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::foreign::import::{import_tensor, Imported};
-use crate::python_api::errors::{BatchQuantizationError, InLayer, QuantizationWarning};
+use crate::python_api::errors::{python_type, BatchQuantizationError, InLayer, QuantizationWarning};
 use crate::python_api::functions::engine;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::quantized_tensor::QuantizedTensor;
@@ -29,16 +30,9 @@ static BATCH_RESULT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 pub fn batch_result_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     BATCH_RESULT
         .get_or_try_init(py, || {
-            let namespace = PyDict::new(py);
-            namespace.set_item("__module__", "quantbridge")?;
-            namespace.set_item(
-                "__doc__",
-                "The layers of a batch that quantized, by name; `.failures` maps each failed layer to its reason.",
-            )?;
-            namespace.set_item("failures", PyDict::new(py))?;
-            let bases = PyTuple::new(py, [py.get_type::<PyDict>()])?;
-            let ty = py.get_type::<PyType>().call1(("BatchResult", bases, namespace))?;
-            Ok(ty.cast_into::<PyType>()?.unbind())
+            let doc = "The layers of a batch that quantized, by name; `.failures` maps each failed layer to its reason.";
+            let no_failures = PyDict::new(py).into_any();
+            python_type(py, "BatchResult", [py.get_type::<PyDict>()], doc, &[("failures", no_failures)])
         })
         .map(|t| t.bind(py))
 }
@@ -199,7 +193,7 @@ pub fn quantize_batch<'py>(
                 names.push(name);
                 imports.push(imp);
             }
-            Err(e) => failures.push((name, e.reason())),
+            Err(e) => failures.push((name, e.to_string())),
         }
     }
     let import_s = timer.lap();
@@ -260,17 +254,17 @@ pub fn quantize_batch<'py>(
 }
 
 /// `{name: reason}` for every failed layer.
-fn failure_dict<'py>(py: Python<'py>, failures: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
+fn failure_dict<'py, R: Display>(py: Python<'py>, failures: &[(String, R)]) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, reason) in failures {
-        dict.set_item(name, reason)?;
+        dict.set_item(name, reason.to_string())?;
     }
     Ok(dict)
 }
 
 /// `BatchQuantizationError` naming every failed layer, in its message and `.failures`
 /// (batches and Arrow tables alike).
-pub fn batch_error(py: Python<'_>, failures: &[(String, String)]) -> PyErr {
+pub fn batch_error<R: Display>(py: Python<'_>, failures: &[(String, R)]) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let err = py.get_type::<BatchQuantizationError>().call1((failure_message(failures),))?;
         err.setattr("failures", failure_dict(py, failures)?)?;
@@ -280,7 +274,7 @@ pub fn batch_error(py: Python<'_>, failures: &[(String, String)]) -> PyErr {
 }
 
 /// "N of the layers failed:" and one line per layer.
-pub fn failure_message(failures: &[(String, String)]) -> String {
+pub fn failure_message<R: Display>(failures: &[(String, R)]) -> String {
     let mut message = format!("{} layer(s) failed to quantize:", failures.len());
     for (name, reason) in failures {
         message.push_str(&format!("\n  {name}: {reason}"));

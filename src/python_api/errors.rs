@@ -37,19 +37,33 @@ pyo3::create_exception!(
 
 static VALIDATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// A class of the `quantbridge` module made with `type(name, bases, namespace)`, for the
+/// types a `#[pyclass]` cannot express (two bases, a `dict` subclass); `namespace` starts
+/// with `__module__` and `__doc__`, and `attributes` adds to it.
+pub fn python_type<'py, const N: usize>(
+    py: Python<'py>,
+    name: &str,
+    bases: [Bound<'py, PyType>; N],
+    doc: &str,
+    attributes: &[(&str, Bound<'py, PyAny>)],
+) -> PyResult<Py<PyType>> {
+    let namespace = PyDict::new(py);
+    namespace.set_item("__module__", "quantbridge")?;
+    namespace.set_item("__doc__", doc)?;
+    for (key, value) in attributes {
+        namespace.set_item(key, value)?;
+    }
+    let ty = py.get_type::<PyType>().call1((name, PyTuple::new(py, bases)?, namespace))?;
+    Ok(ty.cast_into::<PyType>()?.unbind())
+}
+
 /// `ValidationError(QuantizationError, ValueError)`: two bases, so it is built with `type()`.
 pub fn validation_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     VALIDATION_ERROR
         .get_or_try_init(py, || {
-            let bases = PyTuple::new(py, [py.get_type::<QuantizationError>(), py.get_type::<PyValueError>()])?;
-            let namespace = PyDict::new(py);
-            namespace.set_item("__module__", "quantbridge")?;
-            namespace.set_item(
-                "__doc__",
-                "Bad input: names the layer, what was found, what was expected, and the fix.",
-            )?;
-            let ty = py.get_type::<PyType>().call1(("ValidationError", bases, namespace))?;
-            Ok(ty.cast_into::<PyType>()?.unbind())
+            let bases = [py.get_type::<QuantizationError>(), py.get_type::<PyValueError>()];
+            let doc = "Bad input: names the layer, what was found, what was expected, and the fix.";
+            python_type(py, "ValidationError", bases, doc, &[])
         })
         .map(|t| t.bind(py))
 }
@@ -68,13 +82,18 @@ impl BridgeError {
         }
     }
 
-    /// What went wrong, as one line without the layer (a batch's `.failures` values).
-    pub fn reason(&self) -> String {
-        match (self, self.problem()) {
-            (BridgeError::Refused(e), _) => e.to_string(),
-            (_, Some(p)) => p.to_string(),
-            (BridgeError::Python(e), None) => e.to_string(),
-            (_, None) => unreachable!("only Python errors have no problem"),
+}
+
+/// What went wrong, as one line without the layer (a batch's `.failures` values).
+impl std::fmt::Display for BridgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BridgeError::Refused(e) => write!(f, "{e}"),
+            BridgeError::Python(e) => write!(f, "{e}"),
+            BridgeError::ProducerRaised { .. } => match self.problem() {
+                Some(p) => write!(f, "{p}"),
+                None => Ok(()),
+            },
         }
     }
 }
@@ -85,12 +104,11 @@ impl BridgeError {
 /// attached here and nowhere else; file errors name their file and tensor themselves.
 pub fn to_pyerr(py: Python<'_>, err: BridgeError, layer: Option<&str>) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let problem = err.problem();
         let message = match layer {
-            Some(l) => format!("layer '{l}': {}", err.reason()),
-            None => err.reason(),
+            Some(l) => format!("layer '{l}': {err}"),
+            None => err.to_string(),
         };
-        let instance = match (&err, problem) {
+        let instance = match (&err, err.problem()) {
             (BridgeError::Python(e), _) => return Ok(e.clone_ref(py)),
             (BridgeError::Refused(Error::Io(m)), _) => return Ok(PyOSError::new_err(m.clone())),
             (_, None) => py.get_type::<QuantizationError>().call1((message,))?,

@@ -30,6 +30,14 @@ fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Boun
     Ok(d)
 }
 
+fn report_list<'py>(py: Python<'py>, reports: &[LayerReport], bits: u8) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for r in reports {
+        list.append(report_dict(py, r, bits)?)?;
+    }
+    Ok(list)
+}
+
 /// A Python error raised inside a callback, carried through the Rust job.
 struct CallbackError(PyErr);
 
@@ -83,9 +91,8 @@ pub fn quantize_file<'py>(
     progress: Option<Py<PyAny>>,
     spec: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let mut spec = spec_from_kwargs("quantize_file", spec, Accepts::NoPack).in_layer(py, "file")?;
-    // The report always carries the error statistics.
-    spec.stats = true;
+    // Files are always packed, and the job always computes the report's statistics.
+    let spec = spec_from_kwargs("quantize_file", spec, Accepts::NoPackOrStats).in_layer(py, "file")?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);
@@ -111,10 +118,7 @@ pub fn quantize_file<'py>(
         }
         result
     })?;
-    let list = PyList::empty(py);
-    for r in &reports {
-        list.append(report_dict(py, r, spec.bits)?)?;
-    }
+    let list = report_list(py, &reports, spec.bits)?;
     let rec = CallRecord {
         api: "quantize_file".into(),
         tensors: reports.iter().filter(|r| r.quantized).count(),
@@ -145,11 +149,7 @@ pub fn dequantize_file<'py>(
         };
         dequantize_checkpoint(&input, &output, force, &mut on_layer)
     })?;
-    let list = PyList::empty(py);
-    for r in &reports {
-        list.append(report_dict(py, r, 0)?)?;
-    }
-    Ok(list)
+    report_list(py, &reports, 0)
 }
 
 /// `inspect_file(path)`: `{"path", "metadata", "tensors": [{"name", "dtype", "shape", "nbytes"}]}`.

@@ -71,8 +71,7 @@ fn quantize_table(
     let mut timer = PhaseTimer::start();
     let (layers, failures) = table_layers(table_like, prefer_stream).in_layer(py, "table")?;
     if !failures.is_empty() {
-        let reasons: Vec<(String, String)> = failures.iter().map(|(name, e)| (name.clone(), e.reason())).collect();
-        return Err(batch_error(py, &reasons));
+        return Err(batch_error(py, &failures));
     }
     let import_s = timer.lap();
     let views: Vec<(String, TensorView<'_>)> = layers.iter().map(|l| (l.name.clone(), l.tensor.view())).collect();
@@ -81,10 +80,7 @@ fn quantize_table(
     let input_bytes: usize = layers.iter().map(|l| l.tensor.nbytes()).sum();
     drop(views);
     drop(layers); // the producer's buffers are released here, after the last read
-    let (parts, _stats) = outcome.map_err(|failures| {
-        let reasons: Vec<(String, String)> = failures.iter().map(|(name, e)| (name.clone(), e.to_string())).collect();
-        batch_error(py, &reasons)
-    })?;
+    let (parts, _stats) = outcome.map_err(|failures| batch_error(py, &failures))?;
     let tensors = parts.names.len();
     let output_bytes = parts.codes.len() + parts.scales.len() + parts.zero_points.len();
     let batch = parts

@@ -16,10 +16,9 @@ use crate::quant::QuantSpec;
 pub enum Accepts {
     /// All seven (quantize, quantize_batch).
     All,
-    /// All but `pack` and `stats` (Arrow tables: always packed, no statistics).
+    /// All but `pack` and `stats`: Arrow tables and files are always packed; tables have
+    /// no statistics, file reports always do.
     NoPackOrStats,
-    /// All but `pack` (files are always packed; their report always has statistics).
-    NoPack,
 }
 
 impl Accepts {
@@ -27,7 +26,6 @@ impl Accepts {
         match self {
             Accepts::All => true,
             Accepts::NoPackOrStats => !matches!(key, "pack" | "stats"),
-            Accepts::NoPack => key != "pack",
         }
     }
 }

@@ -157,3 +157,13 @@ def test_python_m_is_the_same_command(small, tmp_path):
     result = subprocess.run([sys.executable, "-m", "quantbridge", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("quantbridge ")
     assert os.path.basename(EXE) == "quantbridge"
+
+
+def test_bad_pattern_from_python_is_a_full_validation_error(small, tmp_path):
+    import quantbridge as qb
+
+    with pytest.raises(qb.ValidationError) as info:
+        qb.quantize_file(small, tmp_path / "x.safetensors", exclude=["["])
+    e = info.value
+    assert "'['" in e.found and e.expected == "a Python regular expression" and "\\\\[" in e.fix
+    assert not (tmp_path / "x.safetensors").exists()
