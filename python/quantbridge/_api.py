@@ -1,5 +1,5 @@
 """The public quantization functions: explicit signatures and documentation over the
-compiled module, which reads every spec keyword in one place (``src/python_api/spec_args.rs``).
+compiled module, which reads the spec in one place (``src/python_api/spec_args.rs``).
 
 The maths is in ``docs/math.md``, the result layouts in ``docs/formats.md``, and what
 quantbridge trusts about a producer's memory in ``docs/trust-model.md``.
@@ -30,6 +30,15 @@ _SPEC_DOC = """bits: 8, 4 (default) or 2.
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _spec(
+    bits: int, group_size: int | None, symmetric: bool, granularity: str, scale_dtype: str, pack: bool = True,
+    stats: bool = False,
+) -> tuple[Any, ...]:
+    """The spec as the compiled module reads it (``spec_args::KEYWORDS`` order): one
+    positional tuple is far cheaper per call than seven keywords."""
+    return (bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
 
 
 def _documented(f: _F) -> _F:
@@ -76,10 +85,7 @@ def quantize(
             ``expected`` and ``fix``.
         QuantizationError: an internal failure (never the caller's input).
     """
-    return _native.quantize(
-        tensor, name=name, bits=bits, group_size=group_size, symmetric=symmetric, granularity=granularity,
-        scale_dtype=scale_dtype, pack=pack, stats=stats,
-    )
+    return _native.quantize(tensor, _spec(bits, group_size, symmetric, granularity, scale_dtype, pack, stats), name)
 
 
 def dequantize(q: QuantizedTensor) -> NativeTensor:
@@ -135,10 +141,8 @@ def quantize_batch(
         ValidationError: a bad keyword value.
         TypeError: ``mapping`` is not a mapping, or ``progress`` is not callable.
     """
-    return _native.quantize_batch(
-        mapping, continue_on_error=continue_on_error, progress=progress, bits=bits, group_size=group_size,
-        symmetric=symmetric, granularity=granularity, scale_dtype=scale_dtype, pack=pack, stats=stats,
-    )
+    spec = _spec(bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
+    return _native.quantize_batch(mapping, spec, continue_on_error, progress)
 
 
 @_documented
@@ -170,10 +174,7 @@ def quantize_arrow(
         ValidationError: a missing or mistyped column, or a bad keyword value.
         BatchQuantizationError: rows that failed (nulls, bad shapes, NaN), all named.
     """
-    return _native.quantize_arrow(
-        table_like, bits=bits, group_size=group_size, symmetric=symmetric, granularity=granularity,
-        scale_dtype=scale_dtype,
-    )
+    return _native.quantize_arrow(table_like, _spec(bits, group_size, symmetric, granularity, scale_dtype))
 
 
 @_documented
@@ -199,7 +200,4 @@ def quantize_arrow_batch(
         ValidationError: a missing or mistyped column, or a bad keyword value.
         BatchQuantizationError: rows that failed, all named.
     """
-    return _native.quantize_arrow_batch(
-        record_batch_like, bits=bits, group_size=group_size, symmetric=symmetric, granularity=granularity,
-        scale_dtype=scale_dtype,
-    )
+    return _native.quantize_arrow_batch(record_batch_like, _spec(bits, group_size, symmetric, granularity, scale_dtype))

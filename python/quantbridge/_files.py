@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _native
+from ._api import _spec
 from ._native import ValidationError
 
 __all__ = ["default_checkpoint", "dequantize_file", "inspect_file", "quantize_file"]
@@ -112,9 +113,9 @@ def quantize_file(
         OSError: a missing input, an existing output without ``force``, an unwritable path.
     """
     source = default_checkpoint() if input is None else Path(input)
+    spec = _spec(bits, group_size, symmetric, granularity, scale_dtype)
     return _native.quantize_file(
-        source, Path(output), bits=bits, group_size=group_size, symmetric=symmetric, granularity=granularity,
-        scale_dtype=scale_dtype, force=force, select=_selector(include, exclude), progress=progress,
+        source, Path(output), spec, force=force, select=_selector(include, exclude), progress=progress
     )
 
 

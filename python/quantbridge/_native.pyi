@@ -95,28 +95,28 @@ class QuantizedTensor:
     def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]: ...
     def dequantize(self) -> NativeTensor: ...
 
-# The spec keywords (bits, group_size, symmetric, granularity, scale_dtype, pack, stats) are
-# read by one extractor in Rust; the documented signatures are in quantbridge/_api.py.
-def quantize(tensor: Any, *, name: str | None = None, api: str | None = None, **spec: Any) -> QuantizedTensor: ...
+# `spec` is the tuple (bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
+# that quantbridge._api._spec builds; the documented signatures are in quantbridge/_api.py.
+_Spec = tuple[int, int | None, bool, str, str, bool, bool]
+
+def quantize(tensor: Any, spec: _Spec, name: str | None = None, api: str | None = None) -> QuantizedTensor: ...
 def dequantize(q: QuantizedTensor) -> NativeTensor: ...
 def quantize_batch(
     mapping: Mapping[str, Any],
-    *,
+    spec: _Spec,
     continue_on_error: bool = False,
     progress: Callable[[str, float], object] | bool | None = None,
     api: str | None = None,
-    **spec: Any,
 ) -> BatchResult: ...
-def quantize_arrow(table_like: Any, *, api: str | None = None, **spec: Any) -> QuantizedTable: ...
-def quantize_arrow_batch(record_batch_like: Any, *, api: str | None = None, **spec: Any) -> QuantizedTable: ...
+def quantize_arrow(table_like: Any, spec: _Spec, api: str | None = None) -> QuantizedTable: ...
+def quantize_arrow_batch(record_batch_like: Any, spec: _Spec, api: str | None = None) -> QuantizedTable: ...
 def quantize_file(
     input: Any,
     output: Any,
-    *,
+    spec: _Spec,
     force: bool = False,
     select: Callable[[str, int], bool] | None = None,
     progress: Callable[[dict[str, Any], int, int], object] | None = None,
-    **spec: Any,
 ) -> list[dict[str, Any]]: ...
 def dequantize_file(
     input: Any, output: Any, *, force: bool = False,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _native
+from ._api import _spec
 from ._native import QuantizedTensor, ValidationError
 
 __all__ = ["Quantizer"]
@@ -59,14 +60,9 @@ class Quantizer:
             f"symmetric={self.symmetric}, granularity={self.granularity!r}, scale_dtype={self.scale_dtype!r})"
         )
 
-    def _spec(self, bit_width: int | None) -> dict[str, Any]:
-        return {
-            "bits": self.bit_width if bit_width is None else bit_width,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "granularity": self.granularity,
-            "scale_dtype": self.scale_dtype,
-        }
+    def _spec(self, bit_width: int | None) -> tuple[Any, ...]:
+        bits = self.bit_width if bit_width is None else bit_width
+        return _spec(bits, self.group_size, self.symmetric, self.granularity, self.scale_dtype)
 
     # -- the legacy API -------------------------------------------------------------------
 
@@ -79,7 +75,7 @@ class Quantizer:
         ``2**(bit_width-1)`` of the offset-binary codes, so ``(code - zp) * scale`` holds
         for every scheme.
         """
-        results = _native.quantize_batch(weights, api="Quantizer.quantize", **self._spec(bit_width))
+        results = _native.quantize_batch(weights, self._spec(bit_width), api="Quantizer.quantize")
         return {name: self._legacy_entry(q) for name, q in results.items()}
 
     @staticmethod
@@ -101,7 +97,7 @@ class Quantizer:
 
     def quantize_numpy(self, array: Any, *, bit_width: int | None = None) -> QuantizedTensor:
         """Quantize one array (numpy, or any tensor) without copying it."""
-        return _native.quantize(array, api="Quantizer.quantize_numpy", **self._spec(bit_width))
+        return _native.quantize(array, self._spec(bit_width), api="Quantizer.quantize_numpy")
 
     def quantize_numpy_2d(self, array: Any, *, bit_width: int | None = None) -> QuantizedTensor:
         """Like :meth:`quantize_numpy`, for a 2-D weight matrix (rows = output channels)."""
@@ -114,14 +110,14 @@ class Quantizer:
             err.layer, err.found, err.expected = "tensor", f"a {ndim}-d input", "a 2-d array"
             err.fix = "reshape it, e.g. w.reshape(w.shape[0], -1), or use quantize_numpy()"
             raise err
-        return _native.quantize(array, api="Quantizer.quantize_numpy_2d", **self._spec(bit_width))
+        return _native.quantize(array, self._spec(bit_width), api="Quantizer.quantize_numpy_2d")
 
     def quantize_batch(
         self, weights_dict: Mapping[str, Any], continue_on_error: bool = False, *, bit_width: int | None = None
     ) -> dict[str, QuantizedTensor]:
         """All layers in one call, in parallel; see :func:`quantbridge.quantize_batch`."""
         return _native.quantize_batch(
-            weights_dict, continue_on_error=continue_on_error, api="Quantizer.quantize_batch", **self._spec(bit_width)
+            weights_dict, self._spec(bit_width), continue_on_error=continue_on_error, api="Quantizer.quantize_batch"
         )
 
     def quantize_batch_with_progress(
@@ -135,18 +131,18 @@ class Quantizer:
         """:meth:`quantize_batch` calling ``progress_callback(name, fraction)`` as layers finish."""
         return _native.quantize_batch(
             weights_dict,
+            self._spec(bit_width),
             continue_on_error=continue_on_error,
             progress=progress_callback,
             api="Quantizer.quantize_batch_with_progress",
-            **self._spec(bit_width),
         )
 
     # -- Arrow ----------------------------------------------------------------------------
 
     def quantize_arrow(self, table: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:
         """A table with ``layer_name``, ``weights``[, ``shape``] columns (docs/formats.md (Arrow tables))."""
-        return _native.quantize_arrow(table, api="Quantizer.quantize_arrow", **self._spec(bit_width))
+        return _native.quantize_arrow(table, self._spec(bit_width), api="Quantizer.quantize_arrow")
 
     def quantize_arrow_batch(self, record_batch: Any, *, bit_width: int | None = None) -> _native.QuantizedTable:
         """One record batch with the same columns."""
-        return _native.quantize_arrow_batch(record_batch, api="Quantizer.quantize_arrow_batch", **self._spec(bit_width))
+        return _native.quantize_arrow_batch(record_batch, self._spec(bit_width), api="Quantizer.quantize_arrow_batch")

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use rayon::prelude::*;
 
 use crate::error::Error;
@@ -21,7 +21,7 @@ use crate::python_api::functions::engine;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::quantized_tensor::QuantizedTensor;
 use crate::python_api::run::contain;
-use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::python_api::spec_args::spec_from_tuple;
 use crate::quant::{QuantSpec, Quantized, TensorView};
 
 static BATCH_RESULT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -157,19 +157,19 @@ fn run_parallel(
     (outcomes, callback_error)
 }
 
-/// `quantize_batch(mapping, *, continue_on_error=False, progress=None, **spec)`.
+/// `quantize_batch(mapping, spec, continue_on_error=False, progress=None, api=None)`.
 #[pyfunction]
-#[pyo3(signature = (mapping, *, continue_on_error=false, progress=None, api=None, **spec))]
+#[pyo3(signature = (mapping, spec, continue_on_error=false, progress=None, api=None))]
 pub fn quantize_batch<'py>(
     py: Python<'py>,
     mapping: &Bound<'py, PyAny>,
+    spec: &Bound<'py, PyTuple>,
     continue_on_error: bool,
     progress: Option<&Bound<'py, PyAny>>,
     api: Option<&str>,
-    spec: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let api = api.unwrap_or("quantize_batch");
-    let spec = spec_from_kwargs("quantize_batch", spec, Accepts::All).in_layer(py, "batch")?;
+    let spec = spec_from_tuple(spec).in_layer(py, "batch")?;
     let mut timer = PhaseTimer::start();
 
     // 1. Import every layer under the GIL; remember every failure.

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::python_api::errors::{to_pyerr, InLayer};
-use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::python_api::spec_args::spec_from_tuple;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::error::Error;
 use crate::files::checkpoint::Checkpoint;
@@ -79,20 +79,20 @@ fn run_job<T: Send>(
     result.map_err(|e| to_pyerr(py, e.into(), None))
 }
 
-/// `quantize_file(input, output, *, force, select, progress, **spec)`: returns one report dict per tensor, in file order.
+/// `quantize_file(input, output, spec, force, select, progress)`: returns one report dict per tensor, in file order.
 #[pyfunction]
-#[pyo3(signature = (input, output, *, force=false, select=None, progress=None, **spec))]
+#[pyo3(signature = (input, output, spec, force=false, select=None, progress=None))]
 pub fn quantize_file<'py>(
     py: Python<'py>,
     input: PathBuf,
     output: PathBuf,
+    spec: &Bound<'py, PyTuple>,
     force: bool,
     select: Option<Py<PyAny>>,
     progress: Option<Py<PyAny>>,
-    spec: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyList>> {
     // Files are always packed, and the job always computes the report's statistics.
-    let spec = spec_from_kwargs("quantize_file", spec, Accepts::NoPackOrStats).in_layer(py, "file")?;
+    let spec = spec_from_tuple(spec).in_layer(py, "file")?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);

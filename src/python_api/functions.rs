@@ -1,7 +1,7 @@
 //! The module-level functions for one tensor: `quantize` and `dequantize`.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::PyTuple;
 
 use crate::foreign::import::import_tensor;
 use crate::foreign::storage::RESULT_POOL;
@@ -10,7 +10,7 @@ use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::native_tensor::NativeTensor;
 use crate::python_api::quantized_tensor::QuantizedTensor;
 use crate::python_api::run::detached;
-use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::python_api::spec_args::spec_from_tuple;
 use crate::quant::{Engine, Kernel};
 
 /// Name used in messages when the caller gave none.
@@ -23,18 +23,19 @@ pub fn engine() -> Engine<'static> {
 
 /// Quantize one tensor (docs/math.md). The input is borrowed, never copied (except on the
 /// legacy list/buffer path, which is counted and announced), and the GIL is released
-/// while the engine runs. `api` names the public entry point in `metrics()`.
+/// while the engine runs. `spec` is the tuple `_api._spec` builds; `api` names the public
+/// entry point in `metrics()`.
 #[pyfunction]
-#[pyo3(signature = (tensor, *, name=None, api=None, **spec))]
+#[pyo3(signature = (tensor, spec, name=None, api=None))]
 pub fn quantize(
     py: Python<'_>,
     tensor: &Bound<'_, PyAny>,
+    spec: &Bound<'_, PyTuple>,
     name: Option<&str>,
     api: Option<&str>,
-    spec: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<QuantizedTensor> {
     let layer = name.unwrap_or(UNNAMED);
-    let spec = spec_from_kwargs("quantize", spec, Accepts::All).in_layer(py, layer)?;
+    let spec = spec_from_tuple(spec).in_layer(py, layer)?;
     let mut timer = PhaseTimer::start();
     let imported = import_tensor(tensor).in_layer(py, layer)?;
     let import_s = timer.lap();

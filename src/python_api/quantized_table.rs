@@ -3,7 +3,7 @@
 
 use arrow_array::RecordBatch;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyDict, PyTuple};
+use pyo3::types::{PyCapsule, PyTuple};
 
 use crate::error::Error;
 use crate::foreign::from_python::arrow_table::table_layers;
@@ -12,7 +12,7 @@ use crate::python_api::batch::batch_error;
 use crate::python_api::errors::InLayer;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::run::detached;
-use crate::python_api::spec_args::{spec_from_kwargs, Accepts};
+use crate::python_api::spec_args::spec_from_tuple;
 use crate::quant::TensorView;
 use crate::tables::quantize_rows;
 
@@ -65,9 +65,9 @@ fn quantize_table(
     table_like: &Bound<'_, PyAny>,
     prefer_stream: bool,
     api: &str,
-    spec: Option<&Bound<'_, PyDict>>,
+    spec: &Bound<'_, PyTuple>,
 ) -> PyResult<QuantizedTable> {
-    let spec = spec_from_kwargs(api, spec, Accepts::NoPackOrStats).in_layer(py, "table")?;
+    let spec = spec_from_tuple(spec).in_layer(py, "table")?;
     let mut timer = PhaseTimer::start();
     let (layers, failures) = table_layers(table_like, prefer_stream).in_layer(py, "table")?;
     if !failures.is_empty() {
@@ -101,28 +101,28 @@ fn quantize_table(
     Ok(QuantizedTable { batch })
 }
 
-/// `quantize_arrow(table_like, **spec)`: a table (anything with `__arrow_c_stream__` or
+/// `quantize_arrow(table_like, spec)`: a table (anything with `__arrow_c_stream__` or
 /// `__arrow_c_array__`) with columns `layer_name`, `weights`[, `shape`].
 #[pyfunction]
-#[pyo3(signature = (table_like, *, api=None, **spec))]
+#[pyo3(signature = (table_like, spec, api=None))]
 pub fn quantize_arrow(
     py: Python<'_>,
     table_like: &Bound<'_, PyAny>,
+    spec: &Bound<'_, PyTuple>,
     api: Option<&str>,
-    spec: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<QuantizedTable> {
     quantize_table(py, table_like, true, api.unwrap_or("quantize_arrow"), spec)
 }
 
-/// `quantize_arrow_batch(record_batch_like, **spec)`: one record batch (`__arrow_c_array__`
+/// `quantize_arrow_batch(record_batch_like, spec)`: one record batch (`__arrow_c_array__`
 /// preferred) with the same columns.
 #[pyfunction]
-#[pyo3(signature = (record_batch_like, *, api=None, **spec))]
+#[pyo3(signature = (record_batch_like, spec, api=None))]
 pub fn quantize_arrow_batch(
     py: Python<'_>,
     record_batch_like: &Bound<'_, PyAny>,
+    spec: &Bound<'_, PyTuple>,
     api: Option<&str>,
-    spec: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<QuantizedTable> {
     quantize_table(py, record_batch_like, false, api.unwrap_or("quantize_arrow_batch"), spec)
 }

@@ -162,16 +162,20 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
             }
         }
     }
-    // torch refuses to export a tensor that requires grad; `.detach()` shares its memory
-    // without a copy, and quantizing `layer.weight` is the common case. The attribute
-    // tells, so no message text is read.
-    if requires_grad(obj) {
-        let detached = obj.call_method0(intern!(py, "detach"))?;
-        if !detached.is(obj) && !requires_grad(&detached) {
+    let capsule = match call_dlpack(obj) {
+        // torch refuses to export a tensor that requires grad; `.detach()` shares its
+        // memory without a copy, and quantizing `layer.weight` is the common case. The
+        // attribute decides, not the message, and only after a refusal, so the usual
+        // call pays for no attribute lookup.
+        Err(refusal @ BridgeError::ProducerRaised { .. }) if requires_grad(obj) => {
+            let detached = obj.call_method0(intern!(py, "detach"))?;
+            if detached.is(obj) || requires_grad(&detached) {
+                return Err(refusal);
+            }
             return import_dlpack(&detached);
         }
-    }
-    let capsule = call_dlpack(obj)?;
+        other => other?,
+    };
     // SAFETY: `capsule` is a live object; PyCapsule_CheckExact only reads its type.
     if unsafe { pyffi::PyCapsule_CheckExact(capsule.as_ptr()) } == 0 {
         return Err(BridgeError::refused(format!("__dlpack__() returning a {} instead of a PyCapsule", capsule.get_type().name()?),
