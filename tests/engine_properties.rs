@@ -5,7 +5,7 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use quantbridge::quant::{
     Engine, Fresh, Kernel,
-    pack, quantize, quantize_reference, read_row_major, ElemSlice, Granularity, QuantSpec, ScaleDtype,
+    pack, quantize, quantize_reference, read_row_major, ElemSlice, Granularity, QuantSpec, ScaleDType,
     TensorView,
 };
 
@@ -126,7 +126,7 @@ fn spec() -> impl Strategy<Value = QuantSpec> {
         (1usize..40).prop_map(Granularity::Group),
         Just(Granularity::Group(128)),
     ];
-    let scale_dtype = prop_oneof![Just(ScaleDtype::F32), Just(ScaleDtype::F16), Just(ScaleDtype::BF16)];
+    let scale_dtype = prop_oneof![Just(ScaleDType::F32), Just(ScaleDType::F16), Just(ScaleDType::BF16)];
     (prop::sample::select(vec![2u8, 4, 8]), any::<bool>(), granularity, scale_dtype, any::<bool>()).prop_map(
         |(bits, symmetric, granularity, scale_dtype, pack)| QuantSpec {
             bits,

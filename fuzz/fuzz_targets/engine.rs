@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quantbridge::quant::{quantize_reference, ElemSlice, Engine, Fresh, Granularity, Kernel, QuantSpec, ScaleDtype, TensorView};
+use quantbridge::quant::{quantize_reference, ElemSlice, Engine, Fresh, Granularity, Kernel, QuantSpec, ScaleDType, TensorView};
 
 fn take(data: &mut &[u8]) -> u8 {
     let (first, rest) = data.split_first().unwrap_or((&0, &[]));
@@ -25,7 +25,7 @@ fuzz_target!(|input: &[u8]| {
         2 => Granularity::Group(128),
         _ => Granularity::Group(1 + (take(&mut data) % 70) as usize),
     };
-    let scale_dtype = [ScaleDtype::F32, ScaleDtype::F16, ScaleDtype::BF16][(take(&mut data) % 3) as usize];
+    let scale_dtype = [ScaleDType::F32, ScaleDType::F16, ScaleDType::BF16][(take(&mut data) % 3) as usize];
     let spec = QuantSpec { bits, symmetric: flags & 1 != 0, granularity, scale_dtype, pack: flags & 2 != 0, stats: flags & 4 != 0 };
     let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };

@@ -189,7 +189,7 @@ impl Checkpoint {
 
     fn open_arrow(path: &Path, map: Arc<Mmap>) -> Result<Self> {
         let corrupt = |what: String| bad_file(path, what, "re-export the Arrow IPC file (pyarrow.ipc.new_file)");
-        let buffer = mmap::arrow_buffer(&map);
+        let buffer = mmap::shared_arrow_buffer(map.clone());
         if buffer.len() < 16 {
             return Err(corrupt("an Arrow IPC file too short for a footer".into()));
         }

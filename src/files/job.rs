@@ -10,7 +10,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{scale_bytes, scale_dtype_name, static_dtype, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::{bad_file, io_error};
 use crate::quant::{
-    output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDtype,
+    output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDType,
     Scales, Stats,
 };
 use crate::tables::spec_json;
@@ -246,7 +246,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDtype, pool: &dyn Allocator) -> Result<()> {
+    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDType, pool: &dyn Allocator) -> Result<()> {
         match self {
             Sink::Safetensors(w) => {
                 w.write(&format!("{}.codes", e.name), &codes)?;
@@ -398,9 +398,9 @@ fn rebuild(path: &Path, name: &str, shape: &[usize], spec: &QuantSpec, codes: &[
         return Err(bad_file(path, format!("parts of {name:?} whose sizes do not match its shape and spec"), "re-create the file"));
     }
     let scales = match spec.scale_dtype {
-        ScaleDtype::F32 => Scales::F32(scales.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        ScaleDtype::F16 => Scales::F16(scales.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
-        ScaleDtype::BF16 => Scales::BF16(scales.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect()),
+        ScaleDType::F32 => Scales::F32(scales.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        ScaleDType::F16 => Scales::F16(scales.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
+        ScaleDType::BF16 => Scales::BF16(scales.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect()),
     };
     let cols = shape[shape.len() - 1];
     let rows = shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);

@@ -20,14 +20,21 @@ pub fn map(path: &Path) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
-/// The whole map as an Arrow buffer that shares it (no copy): the buffer keeps the map
-/// alive through its `Arc`.
-pub fn arrow_buffer(map: &Arc<Mmap>) -> arrow_buffer::Buffer {
-    match std::ptr::NonNull::new(map.as_ptr() as *mut u8) {
-        // SAFETY: the pointer and length describe the mapped bytes, which stay mapped and
-        // unmodified (see `map`) for as long as the owner Arc lives; Arrow only reads them.
-        Some(ptr) if !map.is_empty() => unsafe {
-            arrow_buffer::Buffer::from_custom_allocation(ptr, map.len(), map.clone())
+/// The bytes `owner` holds as an Arrow buffer that shares them (no copy): the buffer keeps
+/// `owner` alive through its `Arc`. For a file map, and for the Rust-owned results the
+/// Python surface exports.
+pub fn shared_arrow_buffer<O>(owner: Arc<O>) -> arrow_buffer::Buffer
+where
+    O: AsRef<[u8]> + std::panic::RefUnwindSafe + Send + Sync + 'static,
+{
+    let bytes = (*owner).as_ref();
+    match std::ptr::NonNull::new(bytes.as_ptr() as *mut u8) {
+        // SAFETY: the pointer and length describe bytes `owner` holds, which it never
+        // writes after construction (a read-only map, or a finished result) and keeps
+        // alive for as long as the Arc passed as the buffer's owner lives; Arrow only
+        // reads them.
+        Some(ptr) if !bytes.is_empty() => unsafe {
+            arrow_buffer::Buffer::from_custom_allocation(ptr, bytes.len(), owner.clone())
         },
         _ => arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
     }

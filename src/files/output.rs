@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use crate::tables::{output_schema, scale_buffer, spec_json, TableParts};
 use crate::error::{Error, Result};
 use crate::files::io_error;
-use crate::quant::{QuantSpec, ScaleDtype};
+use crate::quant::{QuantSpec, ScaleDType};
 
 /// One tensor of a safetensors header.
 #[derive(Debug, Clone)]
@@ -102,20 +102,20 @@ impl SafetensorsWriter {
 }
 
 /// Scales as stored bytes in their dtype (they were rounded to it, so this is exact).
-pub fn scale_bytes(scales: &[f32], dtype: ScaleDtype) -> Vec<u8> {
+pub fn scale_bytes(scales: &[f32], dtype: ScaleDType) -> Vec<u8> {
     match dtype {
-        ScaleDtype::F32 => bytemuck::cast_slice(scales).to_vec(),
-        ScaleDtype::F16 => scales.iter().flat_map(|&s| f16::from_f32(s).to_le_bytes()).collect(),
-        ScaleDtype::BF16 => scales.iter().flat_map(|&s| bf16::from_f32(s).to_le_bytes()).collect(),
+        ScaleDType::F32 => bytemuck::cast_slice(scales).to_vec(),
+        ScaleDType::F16 => scales.iter().flat_map(|&s| f16::from_f32(s).to_le_bytes()).collect(),
+        ScaleDType::BF16 => scales.iter().flat_map(|&s| bf16::from_f32(s).to_le_bytes()).collect(),
     }
 }
 
 /// The safetensors dtype name of a scale dtype.
-pub fn scale_dtype_name(dtype: ScaleDtype) -> &'static str {
+pub fn scale_dtype_name(dtype: ScaleDType) -> &'static str {
     match dtype {
-        ScaleDtype::F32 => "F32",
-        ScaleDtype::F16 => "F16",
-        ScaleDtype::BF16 => "BF16",
+        ScaleDType::F32 => "F32",
+        ScaleDType::F16 => "F16",
+        ScaleDType::BF16 => "BF16",
     }
 }
 

@@ -51,7 +51,7 @@ pub enum Part {
 
 /// The element type of an exported tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportDType {
+pub enum ResultDType {
     /// uint8 (codes, zero points).
     U8,
     /// int8 (unpacked symmetric codes).
@@ -64,24 +64,24 @@ pub enum ExportDType {
     BF16,
 }
 
-impl ExportDType {
+impl ResultDType {
     /// The numpy/torch name.
     pub fn name(self) -> &'static str {
         match self {
-            ExportDType::U8 => "uint8",
-            ExportDType::I8 => "int8",
-            ExportDType::F32 => "float32",
-            ExportDType::F16 => "float16",
-            ExportDType::BF16 => "bfloat16",
+            ResultDType::U8 => "uint8",
+            ResultDType::I8 => "int8",
+            ResultDType::F32 => "float32",
+            ResultDType::F16 => "float16",
+            ResultDType::BF16 => "bfloat16",
         }
     }
 
     /// Bytes per element.
     pub fn itemsize(self) -> usize {
         match self {
-            ExportDType::U8 | ExportDType::I8 => 1,
-            ExportDType::F16 | ExportDType::BF16 => 2,
-            ExportDType::F32 => 4,
+            ResultDType::U8 | ResultDType::I8 => 1,
+            ResultDType::F16 | ResultDType::BF16 => 2,
+            ResultDType::F32 => 4,
         }
     }
 }
@@ -131,16 +131,8 @@ impl Storage {
     }
 }
 
-/// The storage's bytes as an Arrow buffer that shares (never copies) them: the buffer
-/// holds the `Arc`, so the memory lives as long as any Arrow consumer needs it.
-pub fn arrow_buffer(storage: Arc<Storage>) -> arrow_buffer::Buffer {
-    let bytes = storage.bytes();
-    let len = bytes.len();
-    match std::ptr::NonNull::new(bytes.as_ptr() as *mut u8) {
-        // SAFETY: `ptr` points at `len` initialised bytes owned by `storage`, which are never
-        // written after construction; the Arc passed as the owner keeps them alive for as
-        // long as the buffer (and any clone of it) exists.
-        Some(ptr) if len > 0 => unsafe { arrow_buffer::Buffer::from_custom_allocation(ptr, len, storage) },
-        _ => arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
+impl AsRef<[u8]> for Storage {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
     }
 }

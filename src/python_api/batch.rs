@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::foreign::import::{import_tensor, Imported};
-use crate::python_api::errors::{python_type, BatchQuantizationError, InLayer, QuantizationWarning};
+use crate::python_api::errors::{python_type, BatchQuantizationError, QuantizationWarning};
 use crate::python_api::functions::engine;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::quantized_tensor::QuantizedTensor;
@@ -169,7 +169,7 @@ pub fn quantize_batch<'py>(
     api: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let api = api.unwrap_or("quantize_batch");
-    let spec = spec_from_tuple(spec).in_layer(py, "batch")?;
+    let spec = spec_from_tuple(spec)?;
     let mut timer = PhaseTimer::start();
 
     // 1. Import every layer under the GIL; remember every failure.

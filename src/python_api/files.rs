@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::python_api::errors::{to_pyerr, InLayer};
+use crate::python_api::errors::to_pyerr;
 use crate::python_api::spec_args::spec_from_tuple;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::error::Error;
@@ -92,7 +92,7 @@ pub fn quantize_file<'py>(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     // Files are always packed, and the job always computes the report's statistics.
-    let spec = spec_from_tuple(spec).in_layer(py, "file")?;
+    let spec = spec_from_tuple(spec)?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);

@@ -10,7 +10,8 @@ use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field};
 
 use crate::foreign::to_python::{arrow, dlpack};
-use crate::foreign::storage::{arrow_buffer, ExportDType, Storage};
+use crate::files::mmap::shared_arrow_buffer;
+use crate::foreign::storage::{ResultDType, Storage};
 use crate::error::Error;
 use crate::tables::BF16_METADATA;
 
@@ -20,12 +21,12 @@ use crate::tables::BF16_METADATA;
 pub struct NativeTensor {
     storage: Arc<Storage>,
     shape: Vec<i64>,
-    dtype: ExportDType,
+    dtype: ResultDType,
 }
 
 impl NativeTensor {
     /// A tensor over `storage`, whose bytes must be exactly `shape` × `dtype`.
-    pub fn new(storage: Arc<Storage>, shape: Vec<usize>, dtype: ExportDType) -> Self {
+    pub fn new(storage: Arc<Storage>, shape: Vec<usize>, dtype: ResultDType) -> Self {
         debug_assert_eq!(storage.bytes().len(), shape.iter().product::<usize>() * dtype.itemsize());
         NativeTensor { storage, shape: shape.into_iter().map(|d| d as i64).collect(), dtype }
     }
@@ -76,11 +77,11 @@ impl NativeTensor {
         requested_schema: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (data_type, metadata) = match self.dtype {
-            ExportDType::U8 => (DataType::UInt8, None),
-            ExportDType::I8 => (DataType::Int8, None),
-            ExportDType::F32 => (DataType::Float32, None),
-            ExportDType::F16 => (DataType::Float16, None),
-            ExportDType::BF16 => (DataType::UInt16, Some(BF16_METADATA)),
+            ResultDType::U8 => (DataType::UInt8, None),
+            ResultDType::I8 => (DataType::Int8, None),
+            ResultDType::F32 => (DataType::Float32, None),
+            ResultDType::F16 => (DataType::Float16, None),
+            ResultDType::BF16 => (DataType::UInt16, Some(BF16_METADATA)),
         };
         let mut field = Field::new("", data_type.clone(), false);
         if let Some((k, v)) = metadata {
@@ -90,7 +91,7 @@ impl NativeTensor {
         let len = self.shape.iter().product::<i64>() as usize;
         let data = ArrayData::builder(data_type)
             .len(len)
-            .add_buffer(arrow_buffer(self.storage.clone()))
+            .add_buffer(shared_arrow_buffer(self.storage.clone()))
             .build()
             .map_err(|e| Error::Internal(format!("Arrow export failed: {e}")))?;
         Ok(arrow::array_capsules(py, &field, &data)?)

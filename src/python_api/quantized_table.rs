@@ -9,12 +9,11 @@ use crate::error::Error;
 use crate::foreign::from_python::arrow_table::table_layers;
 use crate::foreign::to_python::arrow::{batch_capsules, stream_capsule};
 use crate::python_api::batch::batch_error;
-use crate::python_api::errors::InLayer;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::run::detached;
 use crate::python_api::spec_args::spec_from_tuple;
 use crate::quant::TensorView;
-use crate::tables::quantize_rows;
+use crate::tables::{quantize_rows, TableFailure};
 
 /// The quantized layers of a table: columns `layer_name`, `codes` (large_binary), `scales`,
 /// `zero_points`, `shape`, `bits`, `group_size`, `symmetric`. Take it with
@@ -67,20 +66,23 @@ fn quantize_table(
     api: &str,
     spec: &Bound<'_, PyTuple>,
 ) -> PyResult<QuantizedTable> {
-    let spec = spec_from_tuple(spec).in_layer(py, "table")?;
+    let spec = spec_from_tuple(spec)?;
     let mut timer = PhaseTimer::start();
-    let (layers, failures) = table_layers(table_like, prefer_stream).in_layer(py, "table")?;
+    let (layers, failures) = table_layers(table_like, prefer_stream)?;
     if !failures.is_empty() {
         return Err(batch_error(py, &failures));
     }
     let import_s = timer.lap();
     let views: Vec<(String, TensorView<'_>)> = layers.iter().map(|l| (l.name.clone(), l.tensor.view())).collect();
-    let outcome = detached(py, Some("table"), || Ok::<_, Error>(quantize_rows(&views, &spec)))?;
+    let outcome = detached(py, None, || Ok::<_, Error>(quantize_rows(&views, &spec)))?;
     let quantize_s = timer.lap();
     let input_bytes: usize = layers.iter().map(|l| l.tensor.nbytes()).sum();
     drop(views);
     drop(layers); // the producer's buffers are released here, after the last read
-    let (parts, _stats) = outcome.map_err(|failures| batch_error(py, &failures))?;
+    let (parts, _stats) = outcome.map_err(|failure| match failure {
+        TableFailure::Table(e) => PyErr::from(e),
+        TableFailure::Rows(failures) => batch_error(py, &failures),
+    })?;
     let tensors = parts.names.len();
     let output_bytes = parts.codes.len() + parts.scales.len() + parts.zero_points.len();
     let batch = parts

@@ -9,7 +9,8 @@ use pyo3::types::{PyDict, PyTuple};
 use arrow_array::RecordBatch;
 
 use crate::error::Error;
-use crate::foreign::storage::{arrow_buffer, ExportDType, Part, SharedResult, Storage};
+use crate::files::mmap::shared_arrow_buffer;
+use crate::foreign::storage::{ResultDType, Part, SharedResult, Storage};
 use crate::foreign::to_python::arrow::batch_capsules;
 use crate::python_api::functions::engine;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
@@ -51,18 +52,18 @@ impl QuantizedTensor {
             Part::Codes => (
                 &self.codes,
                 if q.spec.pack { vec![q.codes.len()] } else { q.shape.clone() },
-                if !q.spec.pack && q.spec.symmetric { ExportDType::I8 } else { ExportDType::U8 },
+                if !q.spec.pack && q.spec.symmetric { ResultDType::I8 } else { ResultDType::U8 },
             ),
             Part::Scales => (
                 &self.scales,
                 q.layout.scales_shape(),
                 match q.scales {
-                    Scales::F32(_) => ExportDType::F32,
-                    Scales::F16(_) => ExportDType::F16,
-                    Scales::BF16(_) => ExportDType::BF16,
+                    Scales::F32(_) => ResultDType::F32,
+                    Scales::F16(_) => ResultDType::F16,
+                    Scales::BF16(_) => ResultDType::BF16,
                 },
             ),
-            Part::ZeroPoints => (&self.zero_points, q.layout.scales_shape(), ExportDType::U8),
+            Part::ZeroPoints => (&self.zero_points, q.layout.scales_shape(), ResultDType::U8),
         };
         cell.get_or_try_init(py, || Py::new(py, NativeTensor::new(Arc::new(Storage::Part(q.clone(), which)), shape, dtype)))
             .map(|t| t.clone_ref(py))
@@ -80,7 +81,7 @@ impl QuantizedTensor {
         let values = detached(py, Some(self.name.as_deref().unwrap_or("dequantize")), move || engine().dequantize(&q))?;
         let quantize_s = timer.lap();
         let output_bytes = values.len() * 4;
-        let tensor = NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ExportDType::F32);
+        let tensor = NativeTensor::new(Arc::new(Storage::F32(values)), self.q.shape.clone(), ResultDType::F32);
         let rec = CallRecord {
             api: "dequantize".into(),
             tensors: 1,
@@ -97,7 +98,7 @@ impl QuantizedTensor {
     /// This result as one row of the §5 output table, sharing its buffers.
     fn table_row(&self) -> Result<RecordBatch, Error> {
         let q = &self.q;
-        let part = |p: Part| arrow_buffer(Arc::new(Storage::Part(q.clone(), p)));
+        let part = |p: Part| shared_arrow_buffer(Arc::new(Storage::Part(q.clone(), p)));
         let n_zps = q.zero_points.as_ref().map_or(0, Vec::len);
         let parts = TableParts {
             names: vec![self.name.clone().unwrap_or_else(|| "tensor".to_owned())],

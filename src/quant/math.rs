@@ -5,7 +5,7 @@
 
 use half::{bf16, f16};
 
-use super::spec::{QuantSpec, ScaleDtype};
+use super::spec::{QuantSpec, ScaleDType};
 
 /// How one group is encoded: `stored = clamp(rint(x * inv) + zp, lo, hi) + offset`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,17 +29,17 @@ pub struct GroupParams {
 /// `scale` is positive and finite. Returns `None` when the rounded scale overflows the
 /// dtype (float16 tops out at 65504).
 #[inline(always)]
-pub fn round_scale_up(scale: f32, dtype: ScaleDtype) -> Option<f32> {
+pub fn round_scale_up(scale: f32, dtype: ScaleDType) -> Option<f32> {
     let rounded = match dtype {
-        ScaleDtype::F32 => scale,
-        ScaleDtype::F16 => {
+        ScaleDType::F32 => scale,
+        ScaleDType::F16 => {
             let mut h = f16::from_f32(scale);
             if h.to_f32() < scale {
                 h = f16::from_bits(h.to_bits() + 1);
             }
             h.to_f32()
         }
-        ScaleDtype::BF16 => {
+        ScaleDType::BF16 => {
             let mut h = bf16::from_f32(scale);
             if h.to_f32() < scale {
                 h = bf16::from_bits(h.to_bits() + 1);
@@ -156,13 +156,13 @@ mod tests {
     #[test]
     fn scale_rounds_up_and_covers() {
         for &s in &[1e-3f32, 0.1, 0.3333333, 1.0, 7.77, 1234.5678, 6.0e-8] {
-            for dt in [ScaleDtype::F16, ScaleDtype::BF16] {
+            for dt in [ScaleDType::F16, ScaleDType::BF16] {
                 let r = round_scale_up(s, dt).unwrap();
                 assert!(r >= s, "{dt:?} {s} -> {r}");
             }
         }
-        assert_eq!(round_scale_up(70000.0, ScaleDtype::F16), None);
-        assert_eq!(round_scale_up(0.5, ScaleDtype::F16), Some(0.5));
+        assert_eq!(round_scale_up(70000.0, ScaleDType::F16), None);
+        assert_eq!(round_scale_up(0.5, ScaleDType::F16), Some(0.5));
     }
 
     #[test]

@@ -23,5 +23,5 @@ pub use layout::{split_at_cuts, Layout};
 pub use quantized::{Quantized, Scales, Stats, StatsAcc};
 pub use reference::{quantize_reference, read_row_major};
 pub use simd::Kernel;
-pub use spec::{Granularity, QuantSpec, ScaleDtype};
+pub use spec::{Granularity, QuantSpec, ScaleDType};
 pub use view::{checked_numel, contiguous_strides, reachable_offsets, DType, ElemSlice, Element, Strided, TensorView};

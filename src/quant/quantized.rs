@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::layout::{split_at_cuts, Layout};
 use super::math::GroupParams;
 use super::pack::get_code;
-use super::spec::{QuantSpec, ScaleDtype};
+use super::spec::{QuantSpec, ScaleDType};
 use super::view::DType;
 use super::alloc::Allocator;
 use super::simd::Avx2;
@@ -25,11 +25,11 @@ pub enum Scales {
 
 impl Scales {
     /// Store float32 scales (already rounded to `dtype`, so the conversion is exact).
-    pub fn from_f32(values: Vec<f32>, dtype: ScaleDtype) -> Self {
+    pub fn from_f32(values: Vec<f32>, dtype: ScaleDType) -> Self {
         match dtype {
-            ScaleDtype::F32 => Scales::F32(values),
-            ScaleDtype::F16 => Scales::F16(values.iter().map(|&s| f16::from_f32(s)).collect()),
-            ScaleDtype::BF16 => Scales::BF16(values.iter().map(|&s| bf16::from_f32(s)).collect()),
+            ScaleDType::F32 => Scales::F32(values),
+            ScaleDType::F16 => Scales::F16(values.iter().map(|&s| f16::from_f32(s)).collect()),
+            ScaleDType::BF16 => Scales::BF16(values.iter().map(|&s| bf16::from_f32(s)).collect()),
         }
     }
 
@@ -63,11 +63,11 @@ impl Scales {
     }
 
     /// The stored dtype.
-    pub fn dtype(&self) -> ScaleDtype {
+    pub fn dtype(&self) -> ScaleDType {
         match self {
-            Scales::F32(_) => ScaleDtype::F32,
-            Scales::F16(_) => ScaleDtype::F16,
-            Scales::BF16(_) => ScaleDtype::BF16,
+            Scales::F32(_) => ScaleDType::F32,
+            Scales::F16(_) => ScaleDType::F16,
+            Scales::BF16(_) => ScaleDType::BF16,
         }
     }
 }

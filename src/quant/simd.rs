@@ -70,8 +70,8 @@ fn has_avx2() -> bool {
 /// Element types the kernels read: widened exactly to float32 (float64 rounded to nearest,
 /// as `as f32` does), one at a time or eight at a time into a vector register.
 pub trait Lane: Copy + 'static {
-    /// One element as float32.
-    fn widen(self) -> f32;
+    /// One element as float32 (float64 rounds to nearest even, the others are exact).
+    fn to_f32(self) -> f32;
     /// Eight elements from `p` as float32.
     ///
     /// # Safety
@@ -93,7 +93,7 @@ pub trait Lane: Copy + 'static {
 
 impl Lane for f32 {
     #[inline(always)]
-    fn widen(self) -> f32 {
+    fn to_f32(self) -> f32 {
         self
     }
     #[cfg(target_arch = "x86_64")]
@@ -106,7 +106,7 @@ impl Lane for f32 {
 
 impl Lane for f64 {
     #[inline(always)]
-    fn widen(self) -> f32 {
+    fn to_f32(self) -> f32 {
         self as f32
     }
     #[cfg(target_arch = "x86_64")]
@@ -125,8 +125,8 @@ impl Lane for f64 {
 
 impl Lane for bf16 {
     #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self) // the inherent, exact conversion
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -146,8 +146,8 @@ impl Lane for bf16 {
 
 impl Lane for f16 {
     #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self) // the inherent, exact conversion
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -283,7 +283,7 @@ pub mod avx2 {
     #[inline(always)]
     fn fold_rest<W: Lane>(rest: &[W], (mut mn, mut mx, mut all_finite): (f32, f32, bool)) -> (f32, f32, bool) {
         for &x in rest {
-            let v = x.widen();
+            let v = x.to_f32();
             mn = if v < mn { v } else { mn };
             mx = if v > mx { v } else { mx };
             all_finite &= v.is_finite();

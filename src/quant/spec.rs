@@ -15,7 +15,7 @@ pub enum Granularity {
 
 /// The dtype scales are stored in. Narrower dtypes round the scale UP (toward +inf).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleDtype {
+pub enum ScaleDType {
     /// IEEE float32 (the default; no rounding).
     F32,
     /// IEEE float16.
@@ -24,30 +24,30 @@ pub enum ScaleDtype {
     BF16,
 }
 
-impl ScaleDtype {
+impl ScaleDType {
     /// The name numpy and torch use.
     pub fn name(self) -> &'static str {
         match self {
-            ScaleDtype::F32 => "float32",
-            ScaleDtype::F16 => "float16",
-            ScaleDtype::BF16 => "bfloat16",
+            ScaleDType::F32 => "float32",
+            ScaleDType::F16 => "float16",
+            ScaleDType::BF16 => "bfloat16",
         }
     }
 
     /// Bytes per stored scale.
     pub fn itemsize(self) -> usize {
         match self {
-            ScaleDtype::F32 => 4,
-            ScaleDtype::F16 | ScaleDtype::BF16 => 2,
+            ScaleDType::F32 => 4,
+            ScaleDType::F16 | ScaleDType::BF16 => 2,
         }
     }
 
     /// Parse a numpy/torch dtype name.
     pub fn parse(name: &str) -> Result<Self> {
         match name.strip_prefix("torch.").unwrap_or(name) {
-            "float32" | "f32" | "float" => Ok(ScaleDtype::F32),
-            "float16" | "f16" | "half" => Ok(ScaleDtype::F16),
-            "bfloat16" | "bf16" => Ok(ScaleDtype::BF16),
+            "float32" | "f32" | "float" => Ok(ScaleDType::F32),
+            "float16" | "f16" | "half" => Ok(ScaleDType::F16),
+            "bfloat16" | "bf16" => Ok(ScaleDType::BF16),
             other => Err(Error::validation(
                 format!("scale_dtype={other:?}"),
                 "one of \"float32\", \"float16\", \"bfloat16\"",
@@ -67,7 +67,7 @@ pub struct QuantSpec {
     /// Which elements share a scale.
     pub granularity: Granularity,
     /// How scales are stored.
-    pub scale_dtype: ScaleDtype,
+    pub scale_dtype: ScaleDType,
     /// Pack codes densely (`bits` per code) instead of one byte per code.
     pub pack: bool,
     /// Also compute error statistics.
@@ -80,7 +80,7 @@ impl Default for QuantSpec {
             bits: 4,
             symmetric: false,
             granularity: Granularity::Group(128),
-            scale_dtype: ScaleDtype::F32,
+            scale_dtype: ScaleDType::F32,
             pack: true,
             stats: false,
         }
@@ -151,7 +151,7 @@ impl QuantSpec {
             bits,
             symmetric,
             granularity,
-            scale_dtype: ScaleDtype::parse(scale_dtype)?,
+            scale_dtype: ScaleDType::parse(scale_dtype)?,
             pack,
             stats,
         };

@@ -48,8 +48,6 @@ impl DType {
 pub trait Element: super::simd::Lane + Send + Sync {
     /// The runtime tag of this type.
     const DTYPE: DType;
-    /// Convert to float32 (float64 rounds to nearest, the others are exact).
-    fn to_f32(self) -> f32;
     /// The slice inside `data` when it holds this type.
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]>;
     /// `xs` itself when this type is float32 (the SIMD kernels' input).
@@ -66,10 +64,6 @@ impl Element for f32 {
     fn as_f32s(xs: &[Self]) -> Option<&[f32]> {
         Some(xs)
     }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
         match data {
             ElemSlice::F32(s) => Some(s),
@@ -79,10 +73,6 @@ impl Element for f32 {
 }
 impl Element for f64 {
     const DTYPE: DType = DType::F64;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
         match data {
             ElemSlice::F64(s) => Some(s),
@@ -92,10 +82,6 @@ impl Element for f64 {
 }
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
         match data {
             ElemSlice::F16(s) => Some(s),
@@ -105,10 +91,6 @@ impl Element for f16 {
 }
 impl Element for bf16 {
     const DTYPE: DType = DType::BF16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
     fn unwrap_slice(data: ElemSlice<'_>) -> Option<&[Self]> {
         match data {
             ElemSlice::BF16(s) => Some(s),

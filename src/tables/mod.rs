@@ -3,7 +3,7 @@
 //! the output record batch. Shared by the Python surface and the file job.
 
 mod quantize;
-pub use quantize::{quantize_rows, Failures};
+pub use quantize::{quantize_rows, Failures, TableFailure};
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, Schema};
 use half::{bf16, f16};
 
-use crate::quant::{Granularity, QuantSpec, ScaleDtype};
+use crate::quant::{Granularity, QuantSpec, ScaleDType};
 
 /// Field metadata marking uint16 values as bfloat16 bit patterns (Arrow has no bfloat16).
 pub const BF16_METADATA: (&str, &str) = ("quantbridge.dtype", "bfloat16");
@@ -46,11 +46,11 @@ pub struct TableParts {
     pub passthrough: bool,
 }
 
-fn scale_field(dtype: ScaleDtype) -> Field {
+fn scale_field(dtype: ScaleDType) -> Field {
     match dtype {
-        ScaleDtype::F32 => Field::new("item", DataType::Float32, false),
-        ScaleDtype::F16 => Field::new("item", DataType::Float16, false),
-        ScaleDtype::BF16 => Field::new("item", DataType::UInt16, false).with_metadata(
+        ScaleDType::F32 => Field::new("item", DataType::Float32, false),
+        ScaleDType::F16 => Field::new("item", DataType::Float16, false),
+        ScaleDType::BF16 => Field::new("item", DataType::UInt16, false).with_metadata(
             [(BF16_METADATA.0.to_owned(), BF16_METADATA.1.to_owned())].into_iter().collect::<std::collections::HashMap<_, _>>(),
         ),
     }
@@ -90,11 +90,11 @@ pub fn spec_json(spec: &QuantSpec) -> String {
 }
 
 /// Scales as an Arrow buffer of their stored type (aligned for it).
-pub fn scale_buffer(scales: Vec<f32>, dtype: ScaleDtype) -> Buffer {
+pub fn scale_buffer(scales: Vec<f32>, dtype: ScaleDType) -> Buffer {
     match dtype {
-        ScaleDtype::F32 => Buffer::from_vec(scales),
-        ScaleDtype::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
-        ScaleDtype::BF16 => Buffer::from_vec(scales.iter().map(|&s| bf16::from_f32(s).to_bits()).collect::<Vec<u16>>()),
+        ScaleDType::F32 => Buffer::from_vec(scales),
+        ScaleDType::F16 => Buffer::from_vec(scales.iter().map(|&s| f16::from_f32(s)).collect::<Vec<_>>()),
+        ScaleDType::BF16 => Buffer::from_vec(scales.iter().map(|&s| bf16::from_f32(s).to_bits()).collect::<Vec<u16>>()),
     }
 }
 
@@ -115,9 +115,9 @@ impl TableParts {
         )?);
         let n_scales = *self.scale_offsets.last().unwrap_or(&0) as usize;
         let scale_values: ArrayRef = match self.spec.scale_dtype {
-            ScaleDtype::F32 => Arc::new(Float32Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
-            ScaleDtype::F16 => Arc::new(Float16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
-            ScaleDtype::BF16 => Arc::new(UInt16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
+            ScaleDType::F32 => Arc::new(Float32Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
+            ScaleDType::F16 => Arc::new(Float16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
+            ScaleDType::BF16 => Arc::new(UInt16Array::new(ScalarBuffer::new(self.scales, 0, n_scales), None)),
         };
         let scales: ArrayRef = Arc::new(ListArray::try_new(
             Arc::new(scale_field(self.spec.scale_dtype)),

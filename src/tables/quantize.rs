@@ -12,9 +12,18 @@ use crate::tables::{scale_buffer, TableParts};
 /// `(layer name, what went wrong)` for every layer that failed.
 pub type Failures = Vec<(String, Error)>;
 
+/// Why a table could not be quantized.
+#[derive(Debug)]
+pub enum TableFailure {
+    /// The table as a whole (too many scales for Arrow's offsets, no memory for the result).
+    Table(Error),
+    /// These rows failed; every one of them is listed.
+    Rows(Failures),
+}
+
 /// Quantize borrowed rows straight into the table's concatenated buffers, in parallel
 /// (call detached). Returns the parts, or every failing layer with what went wrong.
-pub fn quantize_rows(layers: &[(String, TensorView<'_>)], spec: &QuantSpec) -> Result<(TableParts, Vec<Option<Stats>>), Failures> {
+pub fn quantize_rows(layers: &[(String, TensorView<'_>)], spec: &QuantSpec) -> Result<(TableParts, Vec<Option<Stats>>), TableFailure> {
     // Where each row starts in the three value buffers (one entry per row, plus the end).
     let (mut code_ends, mut scale_ends, mut zp_ends) = (vec![0usize], vec![0usize], vec![0usize]);
     for (_, view) in layers {
@@ -23,7 +32,7 @@ pub fn quantize_rows(layers: &[(String, TensorView<'_>)], spec: &QuantSpec) -> R
         scale_ends.push(scale_ends.last().unwrap() + s);
         zp_ends.push(zp_ends.last().unwrap() + z);
     }
-    let whole_table = |e: Error| vec![("table".to_owned(), e)];
+    let whole_table = TableFailure::Table;
     let (Ok(scale_offsets), Ok(zp_offsets)) = (int32_offsets(&scale_ends), int32_offsets(&zp_ends)) else {
         return Err(whole_table(Error::validation(
             format!("{} scales in one table", scale_ends.last().unwrap()),
@@ -56,7 +65,7 @@ pub fn quantize_rows(layers: &[(String, TensorView<'_>)], spec: &QuantSpec) -> R
         }
     }
     if !failures.is_empty() {
-        return Err(failures);
+        return Err(TableFailure::Rows(failures));
     }
     let parts = TableParts {
         names: layers.iter().map(|(n, _)| n.clone()).collect(),

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 
 use crate::foreign::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED};
-use crate::foreign::storage::{ExportDType, Storage};
+use crate::foreign::storage::{ResultDType, Storage};
 use crate::quant::contiguous_strides;
 
 /// Exports whose deleter has not run yet (tests check it returns to its start value).
@@ -94,13 +94,13 @@ unsafe extern "C" fn capsule_destructor(capsule: *mut pyffi::PyObject) {
     }
 }
 
-fn dl_dtype(dtype: ExportDType) -> DLDataType {
+fn dl_dtype(dtype: ResultDType) -> DLDataType {
     let (code, bits) = match dtype {
-        ExportDType::U8 => (DLDataTypeCode::kDLUInt, 8),
-        ExportDType::I8 => (DLDataTypeCode::kDLInt, 8),
-        ExportDType::F32 => (DLDataTypeCode::kDLFloat, 32),
-        ExportDType::F16 => (DLDataTypeCode::kDLFloat, 16),
-        ExportDType::BF16 => (DLDataTypeCode::kDLBfloat, 16),
+        ResultDType::U8 => (DLDataTypeCode::kDLUInt, 8),
+        ResultDType::I8 => (DLDataTypeCode::kDLInt, 8),
+        ResultDType::F32 => (DLDataTypeCode::kDLFloat, 32),
+        ResultDType::F16 => (DLDataTypeCode::kDLFloat, 16),
+        ResultDType::BF16 => (DLDataTypeCode::kDLBfloat, 16),
     };
     DLDataType { code: code as u8, bits, lanes: 1 }
 }
@@ -111,7 +111,7 @@ pub fn export<'py>(
     py: Python<'py>,
     storage: Arc<Storage>,
     shape: &[i64],
-    dtype: ExportDType,
+    dtype: ResultDType,
     versioned: bool,
     copied: bool,
 ) -> PyResult<Bound<'py, PyCapsule>> {
