@@ -14,7 +14,7 @@ use arrow_ipc::root_as_footer;
 use arrow_schema::DataType;
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::SafeTensors;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::tables::{int_list_row, list_row};
 use crate::error::{Error, Result};
@@ -26,8 +26,10 @@ use crate::quant::{DType, ElemSlice, TensorView};
 pub struct Entry {
     /// Tensor name.
     pub name: String,
-    /// safetensors dtype name ("F32", "BF16", "I64", …).
-    pub dtype: String,
+    /// Element type (safetensors' names: F32, BF16, I64, …).
+    pub dtype: Dtype,
+    /// Bits per code, for a row of a quantbridge Arrow output (listed by `inspect`).
+    pub quantized_bits: Option<u8>,
     /// Shape.
     pub shape: Vec<usize>,
     /// Bytes of data.
@@ -49,11 +51,11 @@ enum Loc {
 impl Entry {
     /// The engine dtype, for the float tensors quantbridge quantizes.
     pub fn float_dtype(&self) -> Option<DType> {
-        match self.dtype.as_str() {
-            "F32" => Some(DType::F32),
-            "F16" => Some(DType::F16),
-            "BF16" => Some(DType::BF16),
-            "F64" => Some(DType::F64),
+        match self.dtype {
+            Dtype::F32 => Some(DType::F32),
+            Dtype::F16 => Some(DType::F16),
+            Dtype::BF16 => Some(DType::BF16),
+            Dtype::F64 => Some(DType::F64),
             _ => None,
         }
     }
@@ -77,10 +79,6 @@ pub struct Checkpoint {
 /// Memory that a view may need when the mapped bytes are not aligned for their dtype.
 #[derive(Default)]
 pub struct Scratch(Vec<u64>);
-
-fn safetensors_dtype(dt: safetensors::Dtype) -> String {
-    format!("{dt:?}")
-}
 
 impl Checkpoint {
     /// Open `path` (see the module docs for what it may be).
@@ -138,7 +136,8 @@ impl Checkpoint {
                 let start = t.data().as_ptr() as usize - base;
                 Entry {
                     name,
-                    dtype: safetensors_dtype(t.dtype()),
+                    dtype: t.dtype(),
+                    quantized_bits: None,
                     shape: t.shape().to_vec(),
                     nbytes: t.data().len(),
                     loc: Loc::Mapped { map: index, start, end: start + t.data().len() },
@@ -248,11 +247,11 @@ impl Checkpoint {
     }
 
     /// The rows of a quantbridge Arrow output (docs/formats.md), one entry per layer:
-    /// `Q<bits>` for a quantized layer (its source shape, its stored bytes), the original
-    /// dtype for a pass-through one.
+    /// `quantized_bits` for a quantized layer (its source shape, its stored bytes), the
+    /// original dtype for a pass-through one.
     fn list_output_rows(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
         let fix = "pass a file written by quantbridge quantize -o NAME.arrow";
-        let passthrough: HashMap<String, String> = self
+        let passthrough: HashMap<String, Dtype> = self
             .metadata
             .get("quantbridge.passthrough")
             .and_then(|j| serde_json::from_str(j).ok())
@@ -283,11 +282,12 @@ impl Checkpoint {
                 _ => 0,
             };
             let shape: Vec<usize> = int_list_row(&shapes, row).unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
-            let (dtype, nbytes) = match bits.value(row) {
-                0 => (passthrough.get(&name).cloned().unwrap_or_else(|| "?".into()), code_bytes),
-                b => (format!("Q{b}"), code_bytes + length(&scales) * scale_size + length(&zps)),
+            let bits = bits.value(row);
+            let (dtype, quantized_bits, nbytes) = match bits {
+                0 => (passthrough.get(&name).copied().unwrap_or(Dtype::U8), None, code_bytes),
+                b => (Dtype::U8, Some(b), code_bytes + length(&scales) * scale_size + length(&zps)),
             };
-            self.entries.push(Entry { name, dtype, shape, nbytes, loc: Loc::Listed });
+            self.entries.push(Entry { name, dtype, quantized_bits, shape, nbytes, loc: Loc::Listed });
         }
         Ok(())
     }
@@ -308,9 +308,9 @@ impl Checkpoint {
             other => return Err(bad_file(path, format!("a weights column of type {other}"), fix)),
         };
         let dtype = match value_type {
-            DataType::Float32 => "F32",
-            DataType::Float16 => "F16",
-            DataType::Float64 => "F64",
+            DataType::Float32 => Dtype::F32,
+            DataType::Float16 => Dtype::F16,
+            DataType::Float64 => Dtype::F64,
             other => return Err(bad_file(path, format!("weights of type {other}"), fix)),
         };
         let shapes = column("shape").map(|s| s.to_data());
@@ -338,12 +338,12 @@ impl Checkpoint {
                 }
                 _ => vec![len],
             };
-            let itemsize = match dtype { "F16" => 2, "F64" => 8, _ => 4 };
             self.entries.push(Entry {
                 name,
-                dtype: dtype.to_owned(),
+                dtype,
+                quantized_bits: None,
                 shape,
-                nbytes: len * itemsize,
+                nbytes: len * dtype.bitsize() / 8,
                 loc: Loc::Arrow { values, start, len },
             });
         }

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use safetensors::Dtype;
+
 use crate::error::{Error, Problem, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
-use crate::files::output::{scale_bytes, scale_dtype_name, static_dtype, ArrowWriter, HeaderEntry, SafetensorsWriter};
+use crate::files::output::{scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::{bad_file, io_error};
 use crate::quant::{
     output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDType,
@@ -20,8 +22,8 @@ use crate::tables::spec_json;
 pub struct LayerReport {
     /// Tensor name.
     pub name: String,
-    /// Source dtype (safetensors name).
-    pub dtype: String,
+    /// Source dtype.
+    pub dtype: Dtype,
     /// Shape.
     pub shape: Vec<usize>,
     /// Quantized (else passed through unchanged).
@@ -158,19 +160,19 @@ pub fn quantize_checkpoint(
                     let cols = e.shape[e.shape.len() - 1];
                     let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
                     let size = spec.scale_dtype.itemsize();
-                    header.push(HeaderEntry { name: format!("{}.codes", e.name), dtype: "U8", shape: vec![c], nbytes: c });
+                    header.push(HeaderEntry { name: format!("{}.codes", e.name), dtype: Dtype::U8, shape: vec![c], nbytes: c });
                     header.push(HeaderEntry {
                         name: format!("{}.scales", e.name),
-                        dtype: scale_dtype_name(spec.scale_dtype),
+                        dtype: scale_dtype_of(spec.scale_dtype),
                         shape: scales_shape.clone(),
                         nbytes: s * size,
                     });
                     if z > 0 {
-                        header.push(HeaderEntry { name: format!("{}.zero_points", e.name), dtype: "U8", shape: scales_shape, nbytes: z });
+                        header.push(HeaderEntry { name: format!("{}.zero_points", e.name), dtype: Dtype::U8, shape: scales_shape, nbytes: z });
                     }
                     tensors.insert(e.name.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape}));
                 } else {
-                    header.push(HeaderEntry { name: e.name.clone(), dtype: static_dtype(&e.dtype), shape: e.shape.clone(), nbytes: e.nbytes });
+                    header.push(HeaderEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes });
                 }
             }
             let mut metadata = BTreeMap::new();
@@ -180,12 +182,12 @@ pub fn quantize_checkpoint(
             Sink::Safetensors(SafetensorsWriter::create(file, output, header, metadata)?)
         }
         Format::Arrow => {
-            let passthrough: BTreeMap<String, String> = ck
+            let passthrough: BTreeMap<String, Dtype> = ck
                 .entries()
                 .iter()
                 .zip(&quantize)
                 .filter(|(_, &q)| !q)
-                .map(|(e, _)| (e.name.clone(), e.dtype.clone()))
+                .map(|(e, _)| (e.name.clone(), e.dtype))
                 .collect();
             Sink::Arrow(Box::new(ArrowWriter::create(file, output, &spec, &passthrough)?))
         }
@@ -209,7 +211,7 @@ pub fn quantize_checkpoint(
             sink.quantized(e, codes, scales, zps, spec.scale_dtype, &pool)?;
             LayerReport {
                 name: e.name.clone(),
-                dtype: e.dtype.clone(),
+                dtype: e.dtype,
                 shape: e.shape.clone(),
                 quantized: true,
                 stats,
@@ -221,7 +223,7 @@ pub fn quantize_checkpoint(
             sink.passthrough(e, ck.raw_bytes(e))?;
             LayerReport {
                 name: e.name.clone(),
-                dtype: e.dtype.clone(),
+                dtype: e.dtype,
                 shape: e.shape.clone(),
                 quantized: false,
                 stats: None,
@@ -343,11 +345,11 @@ pub fn dequantize_checkpoint(
     let mut header = Vec::new();
     for (name, passthrough) in &plan {
         match passthrough {
-            Some(e) => header.push(HeaderEntry { name: name.clone(), dtype: static_dtype(&e.dtype), shape: e.shape.clone(), nbytes: e.nbytes }),
+            Some(e) => header.push(HeaderEntry { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes }),
             None => {
                 let shape = shape_of(name)?;
                 let n: usize = shape.iter().product();
-                header.push(HeaderEntry { name: name.clone(), dtype: "F32", shape, nbytes: n * 4 });
+                header.push(HeaderEntry { name: name.clone(), dtype: Dtype::F32, shape, nbytes: n * 4 });
             }
         }
     }
@@ -363,7 +365,7 @@ pub fn dequantize_checkpoint(
             Some(e) => {
                 writer.write(name, ck.raw_bytes(e))?;
                 done += e.nbytes;
-                LayerReport { name: name.clone(), dtype: e.dtype.clone(), shape: e.shape.clone(), quantized: false, stats: None, input_bytes: e.nbytes, output_bytes: e.nbytes, bytes_copied: 0 }
+                LayerReport { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), quantized: false, stats: None, input_bytes: e.nbytes, output_bytes: e.nbytes, bytes_copied: 0 }
             }
             None => {
                 let shape = shape_of(name)?;
@@ -377,7 +379,7 @@ pub fn dequantize_checkpoint(
                 writer.write(name, bytemuck::cast_slice(&values))?;
                 let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
                 done += input_bytes;
-                let report = LayerReport { name: name.clone(), dtype: "F32".into(), shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 };
+                let report = LayerReport { name: name.clone(), dtype: Dtype::F32, shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 };
                 pool.recycle_floats(values);
                 report
             }

@@ -10,6 +10,7 @@ use std::path::Path;
 use arrow_buffer::Buffer;
 use arrow_ipc::writer::FileWriter;
 use half::{bf16, f16};
+use safetensors::Dtype;
 
 use crate::tables::{output_schema, scale_buffer, spec_json, TableParts};
 use crate::error::{Error, Result};
@@ -21,8 +22,8 @@ use crate::quant::{QuantSpec, ScaleDType};
 pub struct HeaderEntry {
     /// Name.
     pub name: String,
-    /// safetensors dtype name.
-    pub dtype: &'static str,
+    /// Element type.
+    pub dtype: Dtype,
     /// Shape.
     pub shape: Vec<usize>,
     /// Bytes of data.
@@ -35,15 +36,6 @@ pub struct SafetensorsWriter {
     out: BufWriter<File>,
     path: std::path::PathBuf,
     expected: std::vec::IntoIter<HeaderEntry>,
-}
-
-/// The safetensors name of a dtype string coming from an input header.
-pub fn static_dtype(name: &str) -> &'static str {
-    const KNOWN: [&str; 20] = [
-        "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
-        "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64",
-    ];
-    KNOWN.into_iter().find(|k| *k == name).unwrap_or("U8")
 }
 
 impl SafetensorsWriter {
@@ -110,12 +102,12 @@ pub fn scale_bytes(scales: &[f32], dtype: ScaleDType) -> Vec<u8> {
     }
 }
 
-/// The safetensors dtype name of a scale dtype.
-pub fn scale_dtype_name(dtype: ScaleDType) -> &'static str {
+/// The safetensors dtype of a scale dtype.
+pub fn scale_dtype_of(dtype: ScaleDType) -> Dtype {
     match dtype {
-        ScaleDType::F32 => "F32",
-        ScaleDType::F16 => "F16",
-        ScaleDType::BF16 => "BF16",
+        ScaleDType::F32 => Dtype::F32,
+        ScaleDType::F16 => Dtype::F16,
+        ScaleDType::BF16 => Dtype::BF16,
     }
 }
 
@@ -129,13 +121,13 @@ pub struct ArrowWriter {
 impl ArrowWriter {
     /// Start the file; `passthrough` (name → safetensors dtype) goes into the schema
     /// metadata, since pass-through rows carry raw bytes.
-    pub fn create(file: File, path: &Path, spec: &QuantSpec, passthrough: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn create(file: File, path: &Path, spec: &QuantSpec, passthrough: &BTreeMap<String, Dtype>) -> Result<Self> {
         let mut schema = output_schema(spec);
         let mut metadata = schema.metadata().clone();
         metadata.insert("quantbridge.spec".to_owned(), spec_json(spec));
         metadata.insert(
             "quantbridge.passthrough".to_owned(),
-            serde_json::to_string(passthrough).expect("strings serialize"),
+            serde_json::to_string(passthrough).expect("names and dtypes serialize"),
         );
         schema = schema.with_metadata(metadata);
         let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)

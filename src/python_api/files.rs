@@ -17,7 +17,7 @@ use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport}
 fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("name", &r.name)?;
-    d.set_item("dtype", &r.dtype)?;
+    d.set_item("dtype", format!("{:?}", r.dtype))?;
     d.set_item("shape", &r.shape)?;
     d.set_item("quantized", r.quantized)?;
     d.set_item("bits", if r.quantized { Some(bits) } else { None })?;
@@ -163,7 +163,10 @@ pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
     for e in ck.entries() {
         let t = PyDict::new(py);
         t.set_item("name", &e.name)?;
-        t.set_item("dtype", &e.dtype)?;
+        t.set_item("dtype", match e.quantized_bits {
+            Some(bits) => format!("Q{bits}"),
+            None => format!("{:?}", e.dtype),
+        })?;
         t.set_item("shape", &e.shape)?;
         t.set_item("nbytes", e.nbytes)?;
         tensors.append(t)?;
