@@ -37,6 +37,13 @@ pub enum Error {
     /// A file could not be read or written (missing, unreadable, unwritable, exists).
     #[error("{0}")]
     Io(String),
+    /// The input changed while it was being read: another thread wrote to a tensor during
+    /// the call, or another process rewrote a file during the job. `what` says where.
+    #[error("{what} changed while quantbridge was reading it, so no result was produced. Fix: do not write to an input (a tensor, or a checkpoint file) while a call reads it; see docs/trust-model.md")]
+    InputChanged {
+        /// The input, e.g. "the tensor" or "model.safetensors (now 100 bytes, was 4096)".
+        what: String,
+    },
     /// A bug or broken invariant inside quantbridge, not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -52,7 +59,7 @@ impl Error {
                 expected: "only finite values".into(),
                 fix: "replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)".into(),
             }),
-            Error::Io(_) | Error::Internal(_) => None,
+            Error::Io(_) | Error::InputChanged { .. } | Error::Internal(_) => None,
         }
     }
 

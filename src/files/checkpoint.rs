@@ -30,6 +30,8 @@ pub struct Entry {
     pub dtype: Dtype,
     /// Bits per code, for a row of a quantbridge Arrow output (listed by `inspect`).
     pub quantized_bits: Option<u8>,
+    /// Where it was found, for messages: a file, or a row of an Arrow table.
+    pub origin: String,
     /// Shape.
     pub shape: Vec<usize>,
     /// Bytes of data.
@@ -71,6 +73,8 @@ pub struct Checkpoint {
     /// What was opened.
     pub path: PathBuf,
     maps: Vec<Arc<Mmap>>,
+    /// The file behind each map, to notice one changing under the job.
+    files: Vec<PathBuf>,
     entries: Vec<Entry>,
     /// The `__metadata__` of a safetensors file (of the first shard), or the Arrow schema's.
     pub metadata: BTreeMap<String, String>,
@@ -83,6 +87,12 @@ pub struct Scratch(Vec<u64>);
 impl Checkpoint {
     /// Open `path` (see the module docs for what it may be).
     pub fn open(path: &Path) -> Result<Self> {
+        let ck = Self::open_any(path)?;
+        ck.check_unique_names()?;
+        Ok(ck)
+    }
+
+    fn open_any(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let index = path.join("model.safetensors.index.json");
             if index.is_file() {
@@ -105,13 +115,22 @@ impl Checkpoint {
         if map.starts_with(b"ARROW1") {
             return Self::open_arrow(path, map);
         }
-        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        // An Arrow IPC *stream* starts with a message (the 0xFFFFFFFF continuation marker),
+        // not with the file format's magic; its batches cannot be mapped in place.
+        if map.starts_with(&[0xff; 4]) || name.ends_with(".arrows") {
+            return Err(bad_file(
+                path,
+                "an Arrow IPC stream (the streaming format, not the file format)",
+                "write it as an IPC file: pyarrow.ipc.new_file(path, table.schema) (or pyarrow.feather.write_feather(table, path, compression=\"uncompressed\"))",
+            ));
+        }
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
         ck.add_safetensors(path, map)?;
         Ok(ck)
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
-        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
         ck.add_safetensors(path, mmap::map(path)?)?;
         Ok(ck)
     }
@@ -129,6 +148,7 @@ impl Checkpoint {
         }
         let base = map.as_ptr() as usize;
         let index = self.maps.len();
+        let origin = path.display().to_string();
         let mut found: Vec<Entry> = st
             .tensors()
             .into_iter()
@@ -138,6 +158,7 @@ impl Checkpoint {
                     name,
                     dtype: t.dtype(),
                     quantized_bits: None,
+                    origin: origin.clone(),
                     shape: t.shape().to_vec(),
                     nbytes: t.data().len(),
                     loc: Loc::Mapped { map: index, start, end: start + t.data().len() },
@@ -150,6 +171,7 @@ impl Checkpoint {
         });
         self.entries.extend(found);
         self.maps.push(map);
+        self.files.push(path.to_owned());
         Ok(())
     }
 
@@ -171,7 +193,7 @@ impl Checkpoint {
             }
         }
         shards.sort();
-        let mut ck = Checkpoint { path: index.to_owned(), maps: vec![], entries: vec![], metadata: BTreeMap::new() };
+        let mut ck = Checkpoint { path: index.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
         for shard in &shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
                 return Err(bad_file(index, format!("a shard path {shard:?} outside the checkpoint folder"), "fix the index"));
@@ -232,6 +254,7 @@ impl Checkpoint {
         let mut ck = Checkpoint {
             path: path.to_owned(),
             maps: vec![map],
+            files: vec![path.to_owned()],
             entries: vec![],
             metadata: schema.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
@@ -287,7 +310,7 @@ impl Checkpoint {
                 0 => (passthrough.get(&name).copied().unwrap_or(Dtype::U8), None, code_bytes),
                 b => (Dtype::U8, Some(b), code_bytes + length(&scales) * scale_size + length(&zps)),
             };
-            self.entries.push(Entry { name, dtype, quantized_bits, shape, nbytes, loc: Loc::Listed });
+            self.entries.push(Entry { name, dtype, quantized_bits, origin: format!("row {row}"), shape, nbytes, loc: Loc::Listed });
         }
         Ok(())
     }
@@ -342,12 +365,49 @@ impl Checkpoint {
                 name,
                 dtype,
                 quantized_bits: None,
+                origin: format!("{} row {row}", path.display()),
                 shape,
                 nbytes: len * dtype.bitsize() / 8,
                 loc: Loc::Arrow { values, start, len },
             });
         }
         Ok(())
+    }
+
+    /// Two tensors of one name are an error naming both places: a sharded index whose
+    /// shards both hold `w`, or an Arrow table with two rows named `w`. (Which one would a
+    /// reader mean?)
+    fn check_unique_names(&self) -> Result<()> {
+        let mut seen: HashMap<&str, &Entry> = HashMap::with_capacity(self.entries.len());
+        for e in &self.entries {
+            if let Some(first) = seen.insert(e.name.as_str(), e) {
+                return Err(bad_file(
+                    &self.path,
+                    format!("two tensors named {:?}, in {} and in {}", e.name, first.origin, e.origin),
+                    "keep one of them (re-export the checkpoint, or fix the index / rename the row)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error when a file behind `entry` has shrunk since it was mapped (another process
+    /// rewriting the checkpoint): reading its pages past the new end would kill the
+    /// process with SIGBUS. Checked before each tensor; a file truncated while one tensor
+    /// is being read is not caught (docs/trust-model.md).
+    pub fn check_unchanged(&self, entry: &Entry) -> Result<()> {
+        let map = match entry.loc {
+            Loc::Mapped { map, .. } => map,
+            Loc::Arrow { .. } | Loc::Listed => 0,
+        };
+        let (Some(file), Some(mapped)) = (self.files.get(map), self.maps.get(map)) else { return Ok(()) };
+        match std::fs::metadata(file) {
+            Ok(m) if m.len() >= mapped.len() as u64 => Ok(()),
+            Ok(m) => Err(Error::InputChanged {
+                what: format!("{} (now {} bytes, {} when the job started)", file.display(), m.len(), mapped.len()),
+            }),
+            Err(e) => Err(Error::InputChanged { what: format!("{} ({e})", file.display()) }),
+        }
     }
 
     /// Let the OS drop `entry`'s mapped pages from our resident set (see

@@ -9,7 +9,8 @@ use safetensors::Dtype;
 
 use crate::error::{Error, Problem, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
-use crate::files::output::{scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
+use crate::files::output::{check_unique_output_names, scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
+use crate::files::verify;
 use crate::files::{bad_file, io_error};
 use crate::quant::{
     output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDType,
@@ -149,39 +150,33 @@ pub fn quantize_checkpoint(
         .iter()
         .map(|e| e.float_dtype().is_some() && !e.shape.is_empty() && e.numel() > 0 && select(e))
         .collect();
-    let (temp, file) = TempOutput::create(output, force)?;
-    let mut sink = match format {
+    // Everything the output will hold is known before a byte is written: names are
+    // checked here, so a collision never reaches the disk.
+    let header = match format {
         Format::Safetensors => {
-            let mut header = Vec::new();
-            let mut tensors = serde_json::Map::new();
-            for (e, &q) in ck.entries().iter().zip(&quantize) {
-                if q {
-                    let (c, s, z) = output_sizes(&e.shape, &spec);
-                    let cols = e.shape[e.shape.len() - 1];
-                    let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
-                    let size = spec.scale_dtype.itemsize();
-                    header.push(HeaderEntry { name: format!("{}.codes", e.name), dtype: Dtype::U8, shape: vec![c], nbytes: c });
-                    header.push(HeaderEntry {
-                        name: format!("{}.scales", e.name),
-                        dtype: scale_dtype_of(spec.scale_dtype),
-                        shape: scales_shape.clone(),
-                        nbytes: s * size,
-                    });
-                    if z > 0 {
-                        header.push(HeaderEntry { name: format!("{}.zero_points", e.name), dtype: Dtype::U8, shape: scales_shape, nbytes: z });
-                    }
-                    tensors.insert(e.name.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape}));
-                } else {
-                    header.push(HeaderEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes });
-                }
-            }
+            let header = quantized_header(&ck, &quantize, &spec);
+            check_unique_output_names(&header)?;
+            Some(header)
+        }
+        Format::Arrow => None,
+    };
+    let (temp, file) = TempOutput::create(output, force)?;
+    let mut sink = match &header {
+        Some(header) => {
+            let tensors: serde_json::Map<String, serde_json::Value> = ck
+                .entries()
+                .iter()
+                .zip(&quantize)
+                .filter(|(_, &q)| q)
+                .map(|(e, _)| (e.name.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape})))
+                .collect();
             let mut metadata = BTreeMap::new();
             metadata.insert("format".to_owned(), "quantbridge".to_owned());
             metadata.insert("quantbridge.spec".to_owned(), spec_json(&spec));
             metadata.insert("quantbridge.tensors".to_owned(), serde_json::Value::Object(tensors).to_string());
-            Sink::Safetensors(SafetensorsWriter::create(file, output, header, metadata)?)
+            Sink::Safetensors(SafetensorsWriter::create(file, output, header.clone(), metadata)?)
         }
-        Format::Arrow => {
+        None => {
             let passthrough: BTreeMap<String, Dtype> = ck
                 .entries()
                 .iter()
@@ -201,6 +196,7 @@ pub fn quantize_checkpoint(
     let pool = BufferPool::default();
     let engine = Engine::new(Kernel::best(), &pool);
     for (e, &q) in ck.entries().iter().zip(&quantize) {
+        ck.check_unchanged(e)?;
         let report = if q {
             let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
             let (c, s, z) = output_sizes(&e.shape, &spec);
@@ -238,8 +234,43 @@ pub fn quantize_checkpoint(
         reports.push(report);
     }
     sink.finish()?;
+    // Exit 0 must mean the output loads: read it back with the reader a user would use.
+    match &header {
+        Some(header) => verify::safetensors_file(&temp.temp, header)?,
+        None => verify::arrow_file(&temp.temp, ck.entries().iter().map(|e| e.name.as_str()))?,
+    }
     temp.commit()?;
     Ok(reports)
+}
+
+/// The safetensors header of the quantized output: `<name>.codes`, `.scales` and (when
+/// asymmetric) `.zero_points` for each quantized tensor, the tensor itself otherwise.
+fn quantized_header(ck: &Checkpoint, quantize: &[bool], spec: &QuantSpec) -> Vec<HeaderEntry> {
+    let mut header = Vec::new();
+    for (e, &q) in ck.entries().iter().zip(quantize) {
+        if !q {
+            let from = format!("the input tensor {:?} (passed through)", e.name);
+            header.push(HeaderEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes, from });
+            continue;
+        }
+        let (c, s, z) = output_sizes(&e.shape, spec);
+        let cols = e.shape[e.shape.len() - 1];
+        let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
+        let from = format!("the quantized tensor {:?}", e.name);
+        let part = |suffix: &str, dtype: Dtype, shape: Vec<usize>, nbytes: usize| HeaderEntry {
+            name: format!("{}.{suffix}", e.name),
+            dtype,
+            shape,
+            nbytes,
+            from: from.clone(),
+        };
+        header.push(part("codes", Dtype::U8, vec![c], c));
+        header.push(part("scales", scale_dtype_of(spec.scale_dtype), scales_shape.clone(), s * spec.scale_dtype.itemsize()));
+        if z > 0 {
+            header.push(part("zero_points", Dtype::U8, scales_shape, z));
+        }
+    }
+    header
 }
 
 enum Sink {
@@ -345,16 +376,21 @@ pub fn dequantize_checkpoint(
     let mut header = Vec::new();
     for (name, passthrough) in &plan {
         match passthrough {
-            Some(e) => header.push(HeaderEntry { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes }),
+            Some(e) => {
+                let from = format!("the input tensor {name:?} (passed through)");
+                header.push(HeaderEntry { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes, from })
+            }
             None => {
                 let shape = shape_of(name)?;
                 let n: usize = shape.iter().product();
-                header.push(HeaderEntry { name: name.clone(), dtype: Dtype::F32, shape, nbytes: n * 4 });
+                let from = format!("the restored tensor {name:?}");
+                header.push(HeaderEntry { name: name.clone(), dtype: Dtype::F32, shape, nbytes: n * 4, from });
             }
         }
     }
+    check_unique_output_names(&header)?;
     let (temp, file) = TempOutput::create(output, force)?;
-    let mut writer = SafetensorsWriter::create(file, output, header, BTreeMap::new())?;
+    let mut writer = SafetensorsWriter::create(file, output, header.clone(), BTreeMap::new())?;
     let total = ck.data_bytes();
     let mut done = 0;
     let mut reports = Vec::new();
@@ -363,6 +399,7 @@ pub fn dequantize_checkpoint(
     for (name, passthrough) in &plan {
         let report = match passthrough {
             Some(e) => {
+                ck.check_unchanged(e)?;
                 writer.write(name, ck.raw_bytes(e))?;
                 done += e.nbytes;
                 LayerReport { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), quantized: false, stats: None, input_bytes: e.nbytes, output_bytes: e.nbytes, bytes_copied: 0 }
@@ -374,6 +411,7 @@ pub fn dequantize_checkpoint(
                     return Err(bad_file(input, format!("missing codes or scales for {name:?}"), "re-create the file"));
                 };
                 let zps = part("zero_points");
+                ck.check_unchanged(codes)?;
                 let q = rebuild(input, name, &shape, &spec, ck.raw_bytes(codes), ck.raw_bytes(scales), zps.map(|z| ck.raw_bytes(z)))?;
                 let values = engine.dequantize(&q)?;
                 writer.write(name, bytemuck::cast_slice(&values))?;

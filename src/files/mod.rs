@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod job;
 pub mod mmap;
 pub mod output;
+pub mod verify;
 
 use crate::error::Error;
 

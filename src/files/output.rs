@@ -28,6 +28,42 @@ pub struct HeaderEntry {
     pub shape: Vec<usize>,
     /// Bytes of data.
     pub nbytes: usize,
+    /// What it comes from, for messages ("the quantized tensor \"w\"").
+    pub from: String,
+}
+
+/// Every output name once, and none of them the header's reserved `__metadata__`: two
+/// entries of one name make a header no reader opens. The error names both sources.
+pub fn check_unique_output_names(entries: &[HeaderEntry]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&str, &HeaderEntry> = std::collections::HashMap::with_capacity(entries.len());
+    for e in entries {
+        if e.name == "__metadata__" {
+            return Err(Error::validation(
+                format!("an output tensor named \"__metadata__\" ({})", e.from),
+                "tensor names other than \"__metadata__\", which safetensors reserves for the header's metadata",
+                "rename that tensor, or --exclude it",
+            ));
+        }
+        if let Some(first) = seen.insert(e.name.as_str(), e) {
+            return Err(Error::validation(
+                format!("two output tensors named {:?}: {} and {}", e.name, first.from, e.from),
+                "one output tensor per name",
+                format!("leave one of them out (e.g. --exclude '^{}$'), or rename the input tensor", regex_escape(&e.name)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `name` with the characters Python's `re` treats specially escaped.
+fn regex_escape(name: &str) -> String {
+    name.chars().fold(String::new(), |mut out, c| {
+        if "\\.^$*+?{}[]|()".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
 }
 
 /// A safetensors file written front to back: the header first, then each tensor's bytes

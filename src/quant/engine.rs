@@ -570,16 +570,15 @@ fn min_max<S: Element>(xs: &[S], first_index: usize, cpu: Option<Avx2>) -> Resul
     Err(first_non_finite(xs, first_index))
 }
 
-/// The error for the first non-finite element of `xs` (one is known to exist).
+/// The error for the first non-finite element of `xs`, which a first pass saw. Finding
+/// none now means the caller's memory changed between the two reads (another thread
+/// writing to the tensor during the call): that is said, not treated as a bug.
 #[cold]
 fn first_non_finite<S: Element>(xs: &[S], first_index: usize) -> Error {
-    let (k, value) = xs
-        .iter()
-        .map(|x| x.to_f32())
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
-        .expect("a non-finite element was seen");
-    Error::NonFinite { index: first_index + k, value }
+    match xs.iter().map(|x| x.to_f32()).enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((k, value)) => Error::NonFinite { index: first_index + k, value },
+        None => Error::InputChanged { what: "the tensor".into() },
+    }
 }
 
 /// Range of flat elements `e0..e1` for per-tensor quantization.
@@ -607,4 +606,17 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
         row += 1;
     }
     Ok((mn, mx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first pass saw a non-finite value and the second finds none: the caller's memory
+    /// changed during the call. That is an error that says so, not a panic.
+    #[test]
+    fn a_value_that_vanished_between_two_reads_is_an_input_change() {
+        assert!(matches!(first_non_finite(&[1.0f32, 2.0], 0), Error::InputChanged { .. }));
+        assert!(matches!(first_non_finite(&[1.0f32, f32::NAN], 5), Error::NonFinite { index: 6, .. }));
+    }
 }
