@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import quantbridge as qb
 
@@ -99,3 +100,37 @@ def test_peak_rss_grows_by_the_output_not_the_input(kind):
     input_bytes = 256 * 2**20
     # A copy of the input would add 256 MiB; allow the output plus 24 MiB of slack.
     assert growth < output_bytes + 24 * 2**20 < input_bytes // 2, (growth, output_bytes)
+
+
+SET_RACE_SCRIPT = textwrap.dedent("""
+    import threading, time
+    import numpy as np, torch, quantbridge as qb
+    torch.manual_seed(0)
+    for _ in range(3):
+        t = torch.randn(2048, 8192)  # 64 MiB: the call outlasts the other thread's sleep
+        expected = np.from_dlpack(qb.quantize(t.clone(), bits=4, group_size=128).codes).copy()
+        def repoint():
+            time.sleep(0.002)
+            t.set_(torch.zeros(1))  # drops torch's last reference to the old storage
+        other = threading.Thread(target=repoint)
+        other.start()
+        got = np.from_dlpack(qb.quantize(t, bits=4, group_size=128).codes)
+        other.join()
+        assert t.shape == (1,), "the other thread did not run"
+        assert np.array_equal(got, expected)
+    print("ok")
+""")
+
+
+def test_torch_set_during_a_call_does_not_free_the_memory_being_read():
+    # torch's DLPack export shares the tensor object, not its storage: without the storage
+    # guard in from_python/dlpack.rs this run reads freed memory (a segfault, measured).
+    out = subprocess.run([sys.executable, "-c", SET_RACE_SCRIPT], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+def test_torch_views_are_bounded_by_their_storage():
+    base = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    view = base[2:6, 1:5].t()
+    got = qb.quantize(view, bits=8).dequantize()
+    np.testing.assert_allclose(np.from_dlpack(got), view.numpy(), atol=0.2)
