@@ -2,7 +2,8 @@
 //!
 //! The folders say what touches what (docs/architecture.md):
 //! * pure Rust, usable without Python: [`quant`] (the engine), [`tables`] (the Arrow table
-//!   layout), [`files`] (checkpoints in and out), [`error`];
+//!   layout), [`serving`] (the layouts inference engines load), [`files`] (checkpoints in
+//!   and out), [`error`];
 //! * foreign memory: [`foreign`], the one borrowed-pointer guard and the DLPack / Arrow
 //!   importers and exporters (every `unsafe` block outside the SIMD kernels is here or in
 //!   `files::mmap`);
@@ -16,6 +17,7 @@ pub mod files;
 pub mod foreign;
 mod python_api;
 pub mod quant;
+pub mod serving;
 pub mod tables;
 
 pub use error::{Error, Result};

@@ -3,13 +3,13 @@
 Exit codes: 0 done, 1 an error (one line on stderr), 2 a usage error, 130 Ctrl-C, 143
 SIGTERM, 129 SIGHUP; on every failure and signal no output file is left behind.
 
-    quantbridge quantize [INPUT] -o OUTPUT [--bits 4] [--group-size 128] [--symmetric]
-                         [--scale-dtype float32] [--include RE] [--exclude RE] [--force]
-                         [--report FILE]
+    quantbridge quantize [INPUT] -o OUTPUT [--format quantbridge|compressed-tensors|mlx]
+                         [--bits 4] [--group-size 128] [--symmetric] [--scale-dtype DTYPE]
+                         [--include RE] [--exclude RE] [--force] [--report FILE]
     quantbridge dequantize INPUT -o OUTPUT [--force]
     quantbridge inspect FILE
 
-With no INPUT, ``quantize`` uses the embedded all-MiniLM-L6-v2 checkpoint.
+With no INPUT, ``quantize`` uses the embedded all-MiniLM-L6-v2 model folder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
 from . import QuantizationError, ValidationError, __version__
-from ._files import compile_patterns, default_checkpoint, dequantize_file, inspect_file, quantize_file
+from ._files import FORMATS, compile_patterns, default_checkpoint, dequantize_file, inspect_file, quantize_file
 
 MIB = 2**20
 
@@ -72,20 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"quantbridge {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{quantize,dequantize,inspect}")
 
-    q = sub.add_parser("quantize", help="quantize a checkpoint (.safetensors, sharded, or Arrow IPC)",
+    q = sub.add_parser("quantize", help="quantize a model folder or checkpoint (.safetensors, sharded, Arrow IPC)",
                        formatter_class=fmt)
     q.add_argument("input", nargs="?", type=Path,
-                   help="checkpoint to read (default: the embedded all-MiniLM-L6-v2)")
-    q.add_argument("-o", "--output", type=Path, required=True, help="output .safetensors or .arrow file")
+                   help="model folder or checkpoint to read (default: the embedded all-MiniLM-L6-v2 folder)")
+    q.add_argument("-o", "--output", type=Path, required=True,
+                   help="output: a .safetensors or .arrow file (--format quantbridge), else a model folder")
+    q.add_argument("--format", default="quantbridge", choices=FORMATS,
+                   help="quantbridge: one file in quantbridge's layout; compressed-tensors: a folder vLLM, "
+                        "SGLang and transformers load; mlx: a folder mlx-lm loads")
     q.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="bits per code")
     q.add_argument("--group-size", type=_group_size, default=128, metavar="N",
                    help="elements per group along each row; 0 = one group per row")
     q.add_argument("--symmetric", action="store_true", help="symmetric (no zero points)")
-    q.add_argument("--scale-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                   help="dtype the scales are stored in (narrower ones are rounded up)")
+    q.add_argument("--scale-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="dtype the scales are stored in (narrower ones are rounded up) "
+                        "(default: float32; the model's dtype for compressed-tensors and mlx)")
     q.add_argument("--include", action="append", default=[], metavar="RE", type=_pattern("--include"),
-                   help="quantize only tensors whose name matches (repeatable; any number of dimensions); "
-                        "without it, float tensors of 2 or more dimensions are quantized")
+                   help="quantize only tensors whose name matches (repeatable). Without it: float tensors "
+                        "of 2 or more dimensions (quantbridge); Linear weights, i.e. 2-D *.weight except "
+                        "embeddings and lm_head (compressed-tensors, mlx)")
     q.add_argument("--exclude", action="append", default=[], metavar="RE", type=_pattern("--exclude"),
                    help="pass tensors whose name matches through unchanged (repeatable)")
     q.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -177,6 +183,13 @@ def _print_table(reports: list[dict[str, Any]], totals: dict[str, Any], out: Tex
         else:
             print(f"{r['name']:<{width}} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
     print("-" * len(header), file=out)
+    kept: dict[str, int] = {}
+    for r in reports:
+        if not r["quantized"]:
+            reason = r.get("kept_because") or "passed through"
+            kept[reason] = kept.get(reason, 0) + 1
+    for reason, count in sorted(kept.items(), key=lambda kv: -kv[1]):
+        print(f"kept in float: {count:>4} x {reason}", file=out)
     print(f"total: {totals['quantized']} of {totals['tensors']} tensors quantized, "
           f"{totals['input_bytes'] / MIB:.1f} MiB -> {totals['output_bytes'] / MIB:.1f} MiB "
           f"({totals['compression']:.2f}x) in {totals['seconds']:.2f} s", file=out)
@@ -209,14 +222,16 @@ def _quantize(args: argparse.Namespace) -> int:
     source = args.input if args.input is not None else default_checkpoint()
     group_size = args.group_size or None
     _check_report_path(args.report)
-    banner = (f"quantbridge: {source} -> {args.output} (int{args.bits}, "
+    scales = args.scale_dtype or ("float32" if args.format == "quantbridge" else "the model's dtype")
+    banner = (f"quantbridge: {source} -> {args.output} ({args.format}, int{args.bits}, "
               f"{'--group-size ' + str(group_size) if group_size else 'one group per row'}, "
-              f"{'symmetric' if args.symmetric else 'asymmetric'}, scales {args.scale_dtype})")
+              f"{'symmetric' if args.symmetric else 'asymmetric'}, scales {scales})")
     bar = ProgressBar(sys.stderr, args.quiet, banner)
     start = time.perf_counter()
     try:
         reports = quantize_file(
-            source, args.output, bits=args.bits, group_size=group_size, symmetric=args.symmetric,
+            source, args.output, format=args.format, bits=args.bits, group_size=group_size,
+            symmetric=args.symmetric,
             scale_dtype=args.scale_dtype, include=args.include, exclude=args.exclude, force=args.force,
             progress=bar,
         )
@@ -228,12 +243,12 @@ def _quantize(args: argparse.Namespace) -> int:
         _print_table(reports, totals, sys.stdout)
     if totals["quantized"] == 0:
         why = ("no tensor name matched --include" if args.include
-               else "no float tensor of 2 or more dimensions (pass --include RE to select 1-D ones)")
+               else "no tensor the default rule selects (pass --include RE to choose tensors)")
         print(f"quantbridge: warning: nothing was quantized: {why}; {args.output} holds the input's tensors "
               "unchanged", file=sys.stderr)
     if args.report is not None:
-        spec = {"bits": args.bits, "group_size": group_size, "symmetric": args.symmetric,
-                "scale_dtype": args.scale_dtype}
+        spec = {"format": args.format, "bits": args.bits, "group_size": group_size, "symmetric": args.symmetric,
+                "scale_dtype": scales}
         report = {"input": str(source), "output": str(args.output), "spec": spec, "layers": reports,
                   "totals": totals}
         args.report.write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False))

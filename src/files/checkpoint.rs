@@ -66,6 +66,13 @@ impl Entry {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// An entry with no data behind it, for tests of rules over names and shapes.
+    #[cfg(test)]
+    pub fn listed(name: &str, dtype: Dtype, shape: &[usize]) -> Self {
+        let nbytes = shape.iter().product::<usize>() * dtype.size();
+        Entry { name: name.into(), dtype, quantized_bits: None, origin: "test".into(), shape: shape.to_vec(), nbytes, loc: Loc::Listed }
+    }
 }
 
 /// An open checkpoint.
@@ -416,6 +423,19 @@ impl Checkpoint {
         if let Loc::Mapped { map, start, end } = &entry.loc {
             mmap::release_pages(&self.maps[*map], *start, *end);
         }
+    }
+
+    /// The file `entry` is stored in (a shard of a sharded checkpoint), if it is mapped.
+    pub fn file_of(&self, entry: &Entry) -> Option<&Path> {
+        match entry.loc {
+            Loc::Mapped { map, .. } => self.files.get(map).map(PathBuf::as_path),
+            Loc::Arrow { .. } | Loc::Listed => None,
+        }
+    }
+
+    /// Every mapped file, in the order their tensors are listed.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// Every tensor, in file order.

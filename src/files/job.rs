@@ -10,6 +10,7 @@ use safetensors::Dtype;
 use crate::error::{Error, Problem, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{check_unique_output_names, scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
+use crate::files::select::{decide, Choice};
 use crate::files::verify;
 use crate::files::{bad_file, io_error};
 use crate::quant::{
@@ -37,6 +38,81 @@ pub struct LayerReport {
     pub output_bytes: usize,
     /// Bytes copied to align a misaligned mapped tensor (0 normally).
     pub bytes_copied: usize,
+    /// Why a tensor passed through unchanged ("1-D (a bias or norm)", "an embedding", …).
+    pub kept_because: Option<String>,
+}
+
+impl LayerReport {
+    /// The report of a tensor passed through unchanged.
+    pub fn kept(e: &Entry, reason: String) -> Self {
+        LayerReport {
+            name: e.name.clone(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            quantized: false,
+            stats: None,
+            input_bytes: e.nbytes,
+            output_bytes: e.nbytes,
+            bytes_copied: 0,
+            kept_because: Some(reason),
+        }
+    }
+
+    /// The report of a tensor quantized into `output_bytes`.
+    pub fn quantized(e: &Entry, out: &EngineOutput, output_bytes: usize) -> Self {
+        LayerReport {
+            name: e.name.clone(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            quantized: true,
+            stats: out.stats,
+            input_bytes: e.nbytes,
+            output_bytes,
+            bytes_copied: out.bytes_copied,
+            kept_because: None,
+        }
+    }
+}
+
+/// One tensor's engine result, in buffers from the job's pool.
+pub struct EngineOutput {
+    /// Packed code stream.
+    pub codes: Vec<u8>,
+    /// Scales (rounded to the spec's scale dtype), as f32.
+    pub scales: Vec<f32>,
+    /// Zero points, one byte each (empty when symmetric).
+    pub zero_points: Vec<u8>,
+    /// Error statistics.
+    pub stats: Option<Stats>,
+    /// Bytes copied to align a misaligned mapped tensor (0 normally).
+    pub bytes_copied: usize,
+}
+
+impl EngineOutput {
+    /// Hand the buffers back: the next tensor of this size reuses them instead of faulting
+    /// in new pages.
+    pub fn recycle(self, pool: &dyn Allocator) {
+        pool.recycle_bytes(self.codes);
+        pool.recycle_floats(self.scales);
+        pool.recycle_bytes(self.zero_points);
+    }
+}
+
+/// Quantize `e` (mapped in `ck`) into buffers from `pool`.
+pub fn quantize_entry(
+    ck: &Checkpoint,
+    e: &Entry,
+    spec: &QuantSpec,
+    engine: &Engine<'_>,
+    pool: &BufferPool,
+    scratch: &mut Scratch,
+) -> Result<EngineOutput> {
+    let (view, bytes_copied) = ck.view(e, scratch).map_err(|err| in_tensor(&e.name, err))?;
+    let (c, s, z) = output_sizes(&e.shape, spec);
+    let (mut codes, mut scales, mut zero_points) = (pool.bytes(c)?, pool.floats(s)?, pool.bytes(z)?);
+    let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zero_points };
+    let stats = engine.quantize_into(&view, spec, out).map_err(|err| in_tensor(&e.name, err))?;
+    Ok(EngineOutput { codes, scales, zero_points, stats, bytes_copied })
 }
 
 /// Output formats, chosen by the output's extension.
@@ -100,7 +176,7 @@ impl Drop for TempOutput {
 }
 
 /// Name the tensor in a caller-fixable error.
-fn in_tensor(name: &str, e: Error) -> Error {
+pub(crate) fn in_tensor(name: &str, e: Error) -> Error {
     match e {
         Error::Validation(p) => Error::Validation(Problem { found: format!("tensor {name:?}: {}", p.found), ..p }),
         Error::NonFinite { index, value } => Error::validation(
@@ -119,16 +195,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Quantize every float tensor of `input` that `select` accepts into `output`
-/// (`.safetensors` or `.arrow`); everything else passes through unchanged. `on_layer` is
-/// called after each tensor with `(report, bytes done, bytes total)`; an error from it
-/// stops the job (and no output is left behind).
+/// Quantize the tensors of `input` that `select` and the default rule choose
+/// ([`select::decide`]) into `output` (`.safetensors` or `.arrow`); everything else passes
+/// through unchanged. `on_layer` is called after each tensor with `(report, bytes done,
+/// bytes total)`; an error from it stops the job (and no output is left behind).
 pub fn quantize_checkpoint(
     input: &Path,
     output: &Path,
     spec: &QuantSpec,
     force: bool,
-    select: &dyn Fn(&Entry) -> bool,
+    select: &dyn Fn(&Entry) -> Choice,
     on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
 ) -> Result<Vec<LayerReport>> {
     spec.validate()?;
@@ -145,11 +221,8 @@ pub fn quantize_checkpoint(
             "pass the original checkpoint, or restore this one first with `quantbridge dequantize`",
         ));
     }
-    let quantize: Vec<bool> = ck
-        .entries()
-        .iter()
-        .map(|e| e.float_dtype().is_some() && !e.shape.is_empty() && e.numel() > 0 && select(e))
-        .collect();
+    let decisions: Vec<Result<(), String>> = ck.entries().iter().map(|e| decide(e, None, &spec, &select(e))).collect();
+    let quantize: Vec<bool> = decisions.iter().map(Result::is_ok).collect();
     // Everything the output will hold is known before a byte is written: names are
     // checked here, so a collision never reaches the disk.
     let header = match format {
@@ -195,37 +268,19 @@ pub fn quantize_checkpoint(
     // fresh allocations, and memory stays bounded by the largest tensors.
     let pool = BufferPool::default();
     let engine = Engine::new(Kernel::best(), &pool);
-    for (e, &q) in ck.entries().iter().zip(&quantize) {
+    for (e, decision) in ck.entries().iter().zip(decisions) {
         ck.check_unchanged(e)?;
-        let report = if q {
-            let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
-            let (c, s, z) = output_sizes(&e.shape, &spec);
-            let (mut codes, mut scales, mut zps) = (pool.bytes(c)?, pool.floats(s)?, pool.bytes(z)?);
-            let out = OutBuffers { codes: &mut codes, scales: &mut scales, zero_points: &mut zps };
-            let stats = engine.quantize_into(&view, &spec, out).map_err(|err| in_tensor(&e.name, err))?;
-            let output_bytes = c + s * spec.scale_dtype.itemsize() + z;
-            sink.quantized(e, codes, scales, zps, spec.scale_dtype, &pool)?;
-            LayerReport {
-                name: e.name.clone(),
-                dtype: e.dtype,
-                shape: e.shape.clone(),
-                quantized: true,
-                stats,
-                input_bytes: e.nbytes,
-                output_bytes,
-                bytes_copied: copied,
+        let report = match decision {
+            Ok(()) => {
+                let out = quantize_entry(&ck, e, &spec, &engine, &pool, &mut scratch)?;
+                let output_bytes = out.codes.len() + out.scales.len() * spec.scale_dtype.itemsize() + out.zero_points.len();
+                let report = LayerReport::quantized(e, &out, output_bytes);
+                sink.quantized(e, out, spec.scale_dtype, &pool)?;
+                report
             }
-        } else {
-            sink.passthrough(e, ck.raw_bytes(e))?;
-            LayerReport {
-                name: e.name.clone(),
-                dtype: e.dtype,
-                shape: e.shape.clone(),
-                quantized: false,
-                stats: None,
-                input_bytes: e.nbytes,
-                output_bytes: e.nbytes,
-                bytes_copied: 0,
+            Err(reason) => {
+                sink.passthrough(e, ck.raw_bytes(e))?;
+                LayerReport::kept(e, reason)
             }
         };
         ck.release(e);
@@ -279,21 +334,18 @@ enum Sink {
 }
 
 impl Sink {
-    fn quantized(&mut self, e: &Entry, codes: Vec<u8>, scales: Vec<f32>, zps: Vec<u8>, dtype: ScaleDType, pool: &dyn Allocator) -> Result<()> {
+    fn quantized(&mut self, e: &Entry, out: EngineOutput, dtype: ScaleDType, pool: &dyn Allocator) -> Result<()> {
         match self {
             Sink::Safetensors(w) => {
-                w.write(&format!("{}.codes", e.name), &codes)?;
-                w.write(&format!("{}.scales", e.name), &scale_bytes(&scales, dtype))?;
-                if !zps.is_empty() {
-                    w.write(&format!("{}.zero_points", e.name), &zps)?;
+                w.write(&format!("{}.codes", e.name), &out.codes)?;
+                w.write(&format!("{}.scales", e.name), &scale_bytes(&out.scales, dtype))?;
+                if !out.zero_points.is_empty() {
+                    w.write(&format!("{}.zero_points", e.name), &out.zero_points)?;
                 }
-                // The next tensor of this size reuses them instead of faulting in new pages.
-                pool.recycle_bytes(codes);
-                pool.recycle_floats(scales);
-                pool.recycle_bytes(zps);
+                out.recycle(pool);
                 Ok(())
             }
-            Sink::Arrow(w) => w.quantized(&e.name, &e.shape, codes, scales, zps),
+            Sink::Arrow(w) => w.quantized(&e.name, &e.shape, out.codes, out.scales, out.zero_points),
         }
     }
 
@@ -402,7 +454,7 @@ pub fn dequantize_checkpoint(
                 ck.check_unchanged(e)?;
                 writer.write(name, ck.raw_bytes(e))?;
                 done += e.nbytes;
-                LayerReport { name: name.clone(), dtype: e.dtype, shape: e.shape.clone(), quantized: false, stats: None, input_bytes: e.nbytes, output_bytes: e.nbytes, bytes_copied: 0 }
+                LayerReport::kept(e, "not quantized in the input".into())
             }
             None => {
                 let shape = shape_of(name)?;
@@ -417,7 +469,7 @@ pub fn dequantize_checkpoint(
                 writer.write(name, bytemuck::cast_slice(&values))?;
                 let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
                 done += input_bytes;
-                let report = LayerReport { name: name.clone(), dtype: Dtype::F32, shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0 };
+                let report = LayerReport { name: name.clone(), dtype: Dtype::F32, shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0, kept_because: None };
                 pool.recycle_floats(values);
                 report
             }

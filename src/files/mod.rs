@@ -7,7 +7,9 @@
 pub mod checkpoint;
 pub mod job;
 pub mod mmap;
+pub mod model_folder;
 pub mod output;
+pub mod select;
 pub mod verify;
 
 use crate::error::Error;

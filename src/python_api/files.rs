@@ -11,8 +11,11 @@ use crate::python_api::errors::to_pyerr;
 use crate::python_api::spec_args::spec_from_tuple;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::error::Error;
-use crate::files::checkpoint::Checkpoint;
+use crate::files::checkpoint::{Checkpoint, Entry};
 use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport};
+use crate::files::model_folder::{quantize_model_folder, FolderJob};
+use crate::files::select::Choice;
+use crate::serving::ServingFormat;
 
 fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -27,6 +30,7 @@ fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Boun
     d.set_item("input_bytes", r.input_bytes)?;
     d.set_item("output_bytes", r.output_bytes)?;
     d.set_item("compression", r.input_bytes as f64 / r.output_bytes.max(1) as f64)?;
+    d.set_item("kept_because", r.kept_because.as_deref())?;
     Ok(d)
 }
 
@@ -79,40 +83,61 @@ fn run_job<T: Send>(
     result.map_err(|e| to_pyerr(py, e.into(), None))
 }
 
-/// `quantize_file(input, output, spec, force, select, progress)`: returns one report dict per tensor, in file order.
+/// What the caller's `select(name, ndim)` returned: `True` (quantize if the format can),
+/// `None` (the default rule decides), or a string (keep the tensor, for that reason).
+fn choice_of(value: &Bound<'_, PyAny>) -> PyResult<Choice> {
+    if value.is_none() {
+        Ok(Choice::Default)
+    } else if let Ok(reason) = value.extract::<String>() {
+        Ok(Choice::Keep(reason))
+    } else if value.is_truthy()? {
+        Ok(Choice::Include)
+    } else {
+        Ok(Choice::Keep("deselected by select()".into()))
+    }
+}
+
+/// `quantize_file(input, output, spec, format, scale_dtype_given, force, select, progress)`:
+/// returns one report dict per tensor, in file order.
 #[pyfunction]
-#[pyo3(signature = (input, output, spec, force=false, select=None, progress=None))]
+#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, force=false, select=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_file<'py>(
     py: Python<'py>,
     input: PathBuf,
     output: PathBuf,
     spec: &Bound<'py, PyTuple>,
+    format: &str,
+    scale_dtype_given: bool,
     force: bool,
     select: Option<Py<PyAny>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    // Files are always packed, and the job always computes the report's statistics.
     let spec = spec_from_tuple(spec)?;
+    let format = ServingFormat::parse(format).map_err(|e| to_pyerr(py, e.into(), None))?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);
-        // Without a `select(name, ndim)` callable, the default rule: tensors of two or
-        // more dimensions (weights), never 1-D ones (biases, norms), as llama.cpp and
-        // llm-compressor do (docs/decisions.md).
-        let select_fn = |e: &crate::files::checkpoint::Entry| -> bool {
-            let Some(f) = &select else { return e.shape.len() >= 2 };
-            Python::attach(|py| match f.bind(py).call1((&e.name, e.shape.len())).and_then(|r| r.is_truthy()) {
-                Ok(keep) => keep,
+        let select_fn = |e: &Entry| -> Choice {
+            let Some(f) = &select else { return Choice::Default };
+            Python::attach(|py| match f.bind(py).call1((&e.name, e.shape.len())).and_then(|r| choice_of(&r)) {
+                Ok(choice) => choice,
                 Err(err) => {
                     select_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
-                    false
+                    Choice::Keep("select() raised".into())
                 }
             })
         };
         let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
             report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
         };
-        let result = quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer);
+        let result = match format {
+            None => quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer),
+            Some(format) => {
+                let job = FolderJob { format, spec, scale_dtype_given, force, select: &select_fn };
+                quantize_model_folder(&input, &output, &job, &mut on_layer)
+            }
+        };
         if let Some(e) = select_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
             *callback_error = Some(CallbackError(e));
         }

@@ -214,7 +214,7 @@ def test_embedded_minilm_within_the_bound(tmp_path):
     assert "total: 40 of 104 tensors quantized" in result.stdout
     from quantbridge._files import default_checkpoint
 
-    original = load_file(str(default_checkpoint()))
+    original = load_file(str(default_checkpoint() / "model.safetensors"))
     q = load_file(str(out))
     restored = load_file(str(qb_dequantize(out, tmp_path)))
     for name, x in original.items():
