@@ -62,6 +62,12 @@ pub enum ResultDType {
     F16,
     /// bfloat16.
     BF16,
+    /// int32 (compressed-tensors' packed words).
+    I32,
+    /// uint32 (MLX's packed words).
+    U32,
+    /// int64 (compressed-tensors' `weight_shape`).
+    I64,
 }
 
 impl ResultDType {
@@ -73,6 +79,9 @@ impl ResultDType {
             ResultDType::F32 => "float32",
             ResultDType::F16 => "float16",
             ResultDType::BF16 => "bfloat16",
+            ResultDType::I32 => "int32",
+            ResultDType::U32 => "uint32",
+            ResultDType::I64 => "int64",
         }
     }
 
@@ -81,7 +90,8 @@ impl ResultDType {
         match self {
             ResultDType::U8 | ResultDType::I8 => 1,
             ResultDType::F16 | ResultDType::BF16 => 2,
-            ResultDType::F32 => 4,
+            ResultDType::F32 | ResultDType::I32 | ResultDType::U32 => 4,
+            ResultDType::I64 => 8,
         }
     }
 }
@@ -124,7 +134,11 @@ impl Storage {
 
     /// An aligned private copy of these bytes.
     pub fn copied(&self) -> Storage {
-        let bytes = self.bytes();
+        Storage::aligned_copy(self.bytes())
+    }
+
+    /// `bytes` copied into 8-byte-aligned storage.
+    pub fn aligned_copy(bytes: &[u8]) -> Storage {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
         Storage::Copy(words, bytes.len())

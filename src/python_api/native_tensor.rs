@@ -82,6 +82,9 @@ impl NativeTensor {
             ResultDType::F32 => (DataType::Float32, None),
             ResultDType::F16 => (DataType::Float16, None),
             ResultDType::BF16 => (DataType::UInt16, Some(BF16_METADATA)),
+            ResultDType::I32 => (DataType::Int32, None),
+            ResultDType::U32 => (DataType::UInt32, None),
+            ResultDType::I64 => (DataType::Int64, None),
         };
         let mut field = Field::new("", data_type.clone(), false);
         if let Some((k, v)) = metadata {
@@ -108,7 +111,7 @@ impl NativeTensor {
         PyTuple::new(py, &self.shape)
     }
 
-    /// The dtype name ("uint8", "int8", "float32", "float16", "bfloat16").
+    /// The dtype name ("uint8", "int8", "float32", "float16", "bfloat16", "int32", "uint32", "int64").
     #[getter]
     fn dtype(&self) -> &'static str {
         self.dtype.name()

@@ -8,7 +8,13 @@ use pyo3::types::{PyDict, PyTuple};
 
 use arrow_array::RecordBatch;
 
+use std::borrow::Cow;
+
+use safetensors::Dtype;
+
 use crate::error::Error;
+use crate::python_api::errors::to_pyerr;
+use crate::serving::{module_of, EngineResult, ServingFormat};
 use crate::files::mmap::shared_arrow_buffer;
 use crate::foreign::storage::{ResultDType, Part, SharedResult, Storage};
 use crate::foreign::to_python::arrow::batch_capsules;
@@ -237,6 +243,64 @@ impl QuantizedTensor {
     /// `(q - zp) * scale` as a float32 `NativeTensor` of the source shape.
     fn dequantize(&self, py: Python<'_>) -> PyResult<NativeTensor> {
         self.dequantize_tensor(py)
+    }
+
+    /// This weight in a serving format's tensors (docs/formats.md (serving formats)):
+    /// `{"<module>.weight_packed": …, …}` for compressed-tensors, `{"<module>.weight",
+    /// "<module>.scales", "<module>.biases"}` for MLX, where `module` is `name` (default:
+    /// this tensor's name) without its `.weight` suffix; bare part names when there is no
+    /// name. The codes are shared, not copied, wherever their bytes are the format's.
+    #[pyo3(signature = (format, name=None))]
+    fn to_format<'py>(&self, py: Python<'py>, format: &str, name: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let layer = || Some(self.name.as_deref().unwrap_or("to_format"));
+        let q = &self.q;
+        let format = match ServingFormat::parse(format) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(to_pyerr(py, Error::validation(
+                    "format \"quantbridge\"",
+                    "compressed-tensors or mlx",
+                    "this QuantizedTensor is already in quantbridge's layout: use .codes, .scales and .zero_points",
+                ).into(), layer()))
+            }
+            Err(e) => return Err(to_pyerr(py, e.into(), layer())),
+        };
+        if !q.spec.pack {
+            return Err(to_pyerr(py, Error::validation(
+                "unpacked codes (pack=False)",
+                "packed codes",
+                "quantize with pack=True (the default)",
+            ).into(), layer()));
+        }
+        format.check_spec(&q.spec).map_err(|e| to_pyerr(py, e.into(), layer()))?;
+        if let Some(why) = format.unfit_shape(&q.shape, &q.spec) {
+            return Err(to_pyerr(py, Error::validation(
+                format!("a tensor of shape {:?}: {why}", q.shape),
+                format!("a 2-D weight the {} format can store", format.name()),
+                "quantize the Linear weight itself (2-D, columns a multiple of the group size)",
+            ).into(), layer()));
+        }
+        let full_name = name.or(self.name.as_deref()).unwrap_or("");
+        let module = module_of(full_name).unwrap_or(full_name);
+        let scales: Vec<f32> = (0..q.scales.len()).map(|i| q.scales.get(i)).collect();
+        let result = EngineResult { codes: &q.codes, scales: &scales, zero_points: q.zero_points.as_deref().unwrap_or(&[]) };
+        let dict = PyDict::new(py);
+        for (part, bytes) in format.module_parts(module, &q.shape, &q.spec).into_iter().zip(format.encode(&q.shape, &q.spec, &result)) {
+            let dtype = match part.dtype {
+                Dtype::I32 => ResultDType::I32,
+                Dtype::U32 => ResultDType::U32,
+                Dtype::I64 => ResultDType::I64,
+                Dtype::F16 => ResultDType::F16,
+                Dtype::BF16 => ResultDType::BF16,
+                _ => ResultDType::F32,
+            };
+            // The codes are the format's words as they are: share them when they sit on a
+            // word boundary (they do: the pool allocates aligned), else copy.
+            let shared = matches!(bytes, Cow::Borrowed(_)) && (q.codes.as_ptr() as usize).is_multiple_of(dtype.itemsize());
+            let storage = if shared { Storage::Part(q.clone(), Part::Codes) } else { Storage::aligned_copy(&bytes) };
+            dict.set_item(part.name, Py::new(py, NativeTensor::new(Arc::new(storage), part.shape, dtype))?)?;
+        }
+        Ok(dict)
     }
 
     fn __repr__(&self) -> String {

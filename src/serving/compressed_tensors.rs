@@ -34,7 +34,7 @@ pub(super) fn parts(module: &str, rows: usize, cols: usize, spec: &QuantSpec) ->
     let layout = Layout::new(rows, cols, spec.granularity);
     let (scales_shape, groups) = (layout.scales_shape(), layout.groups_per_row);
     let part = |suffix: &str, dtype: Dtype, shape: Vec<usize>, itemsize: usize| Part {
-        name: format!("{module}.{suffix}"),
+        name: super::part_name(module, suffix),
         nbytes: shape.iter().product::<usize>() * itemsize,
         dtype,
         shape,

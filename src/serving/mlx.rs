@@ -34,14 +34,14 @@ pub(super) fn check_spec(spec: &QuantSpec) -> Result<()> {
 pub(super) fn parts(module: &str, rows: usize, cols: usize, spec: &QuantSpec) -> Vec<Part> {
     let groups = cols / super::group_size(spec).expect("checked by check_spec");
     let scale = |suffix: &str| Part {
-        name: format!("{module}.{suffix}"),
+        name: super::part_name(module, suffix),
         dtype: scale_dtype_of(spec.scale_dtype),
         shape: vec![rows, groups],
         nbytes: rows * groups * spec.scale_dtype.itemsize(),
     };
     let words = cols * spec.bits as usize / 32;
     vec![
-        Part { name: format!("{module}.weight"), dtype: Dtype::U32, shape: vec![rows, words], nbytes: rows * words * 4 },
+        Part { name: super::part_name(module, "weight"), dtype: Dtype::U32, shape: vec![rows, words], nbytes: rows * words * 4 },
         scale("scales"),
         scale("biases"),
     ]

@@ -97,6 +97,11 @@ impl ServingFormat {
         if module_of(name).is_none() {
             return Some(format!("{} stores quantized Linear weights (*.weight) only", self.name()));
         }
+        self.unfit_shape(shape, spec)
+    }
+
+    /// Why a weight of `shape` cannot be stored quantized in this format, if so.
+    pub fn unfit_shape(self, shape: &[usize], spec: &QuantSpec) -> Option<String> {
         if shape.len() != 2 {
             return Some(format!("{} dimensions; {} quantizes 2-D Linear weights", shape.len(), self.name()));
         }
@@ -110,7 +115,12 @@ impl ServingFormat {
 
     /// The tensors stored for the quantized weight `name` of `shape` (checked by [`Self::unfit`]).
     pub fn parts(self, name: &str, shape: &[usize], spec: &QuantSpec) -> Vec<Part> {
-        let module = module_of(name).expect("checked by unfit");
+        self.module_parts(module_of(name).expect("checked by unfit"), shape, spec)
+    }
+
+    /// [`Self::parts`] for the weight of module `module` (`""`: bare names such as
+    /// `weight_packed`).
+    pub fn module_parts(self, module: &str, shape: &[usize], spec: &QuantSpec) -> Vec<Part> {
         let (rows, cols) = (shape[0], shape[1]);
         match self {
             ServingFormat::CompressedTensors => compressed_tensors::parts(module, rows, cols, spec),
@@ -126,6 +136,15 @@ impl ServingFormat {
             ServingFormat::CompressedTensors => compressed_tensors::encode(rows, cols, spec, result),
             ServingFormat::Mlx => mlx::encode(spec, result),
         }
+    }
+}
+
+/// `module.suffix`, or `suffix` alone for the empty module.
+fn part_name(module: &str, suffix: &str) -> String {
+    if module.is_empty() {
+        suffix.to_owned()
+    } else {
+        format!("{module}.{suffix}")
     }
 }
 

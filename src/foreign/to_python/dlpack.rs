@@ -101,6 +101,9 @@ fn dl_dtype(dtype: ResultDType) -> DLDataType {
         ResultDType::F32 => (DLDataTypeCode::kDLFloat, 32),
         ResultDType::F16 => (DLDataTypeCode::kDLFloat, 16),
         ResultDType::BF16 => (DLDataTypeCode::kDLBfloat, 16),
+        ResultDType::I32 => (DLDataTypeCode::kDLInt, 32),
+        ResultDType::U32 => (DLDataTypeCode::kDLUInt, 32),
+        ResultDType::I64 => (DLDataTypeCode::kDLInt, 64),
     };
     DLDataType { code: code as u8, bits, lanes: 1 }
 }
