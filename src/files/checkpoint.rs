@@ -70,7 +70,7 @@ impl Entry {
     /// An entry with no data behind it, for tests of rules over names and shapes.
     #[cfg(test)]
     pub fn listed(name: &str, dtype: Dtype, shape: &[usize]) -> Self {
-        let nbytes = shape.iter().product::<usize>() * dtype.size();
+        let nbytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
         Entry { name: name.into(), dtype, quantized_bits: None, origin: "test".into(), shape: shape.to_vec(), nbytes, loc: Loc::Listed }
     }
 }
@@ -206,6 +206,9 @@ impl Checkpoint {
                 return Err(bad_file(index, format!("a shard path {shard:?} outside the checkpoint folder"), "fix the index"));
             }
             let path = dir.join(shard);
+            if !path.is_file() {
+                return Err(bad_file(index, format!("a shard {shard:?} that the index names but that does not exist"), "download or copy the missing shard into the folder"));
+            }
             ck.add_safetensors(&path, mmap::map(&path)?)?;
         }
         let names: HashMap<&str, ()> = ck.entries.iter().map(|e| (e.name.as_str(), ())).collect();

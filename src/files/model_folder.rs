@@ -19,7 +19,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::job::{quantize_entry, LayerReport};
 use crate::files::output::{check_unique_output_names, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, is_embedding, Choice};
-use crate::files::{bad_file, io_error, verify};
+use crate::files::{io_error, verify};
 use crate::quant::{BufferPool, Engine, Granularity, Kernel, QuantSpec, ScaleDType};
 use crate::serving::{group_size, module_of, EngineResult, ServingFormat};
 
@@ -146,10 +146,10 @@ pub fn quantize_model_folder(
     let format = job.format;
     let config_path = input.join(CONFIG);
     if !input.is_dir() || !config_path.is_file() {
-        return Err(bad_file(
-            input,
-            format!("{} for --format {}: not a model folder with a config.json", if input.is_dir() { "a folder" } else { "a file" }, format.name()),
-            "pass a Hugging Face model folder (config.json + model.safetensors or shards with model.safetensors.index.json)",
+        return Err(Error::validation(
+            format!("{}: {} without a config.json", input.display(), if input.is_dir() { "a folder" } else { "a file, not a folder," }),
+            format!("a Hugging Face model folder for --format {} (config.json + model.safetensors, or shards with model.safetensors.index.json)", format.name()),
+            "pass the model's folder (the format's quantization block goes into its config.json), or use --format quantbridge for a bare checkpoint",
         ));
     }
     let config = read_config(&config_path)?;
@@ -266,13 +266,17 @@ pub fn quantize_model_folder(
     Ok(reports)
 }
 
+fn bad_config(path: &Path, found: String, fix: &str) -> Error {
+    Error::validation(format!("{}: {found}", path.display()), "the config.json of a float model", fix)
+}
+
 fn read_config(path: &Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| io_error(path, "read", &e))?;
     let config: Map<String, Value> = serde_json::from_str(&text)
-        .map_err(|e| bad_file(path, format!("a config.json that is not a JSON object ({e})"), "restore the model's config.json"))?;
+        .map_err(|e| bad_config(path, format!("a config.json that is not a JSON object ({e})"), "restore the model's config.json"))?;
     if let Some(q) = config.get("quantization_config").or_else(|| config.get("quantization")) {
         let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("mlx");
-        return Err(bad_file(
+        return Err(bad_config(
             path,
             format!("a model already quantized ({method})"),
             "pass the original float model folder",

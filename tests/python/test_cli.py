@@ -167,3 +167,42 @@ def test_bad_pattern_from_python_is_a_full_validation_error(small, tmp_path):
     e = info.value
     assert "'['" in e.found and e.expected == "a Python regular expression" and "\\\\[" in e.fix
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sigterm_during_a_folder_job_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama", "torch_dtype": "float32"}')
+    tensor = rng.standard_normal((512, 2048)).astype(np.float32)
+    save_file({f"layers.{i}.proj.weight": tensor for i in range(96)}, str(model / "model.safetensors"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([EXE, "quantize", model, "-o", out, "--format", "compressed-tensors"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("quantbridge:")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "a partial folder was left"
+
+
+@pytest.mark.parametrize("fmt, weight", [("compressed-tensors", "weight_packed"), ("mlx", "scales")])
+def test_serving_formats_from_the_embedded_default(tmp_path, fmt, weight):
+    out = tmp_path / fmt
+    report = tmp_path / "report.json"
+    result = run("quantize", "-o", out, "--format", fmt, "--group-size", "64", "--report", report)
+    assert result.returncode == 0, result.stderr
+    assert "kept in float:    3 x an embedding" in result.stdout
+    assert "37 of 104 tensors quantized" in result.stdout
+    stored = load_file(str(out / "model.safetensors"))
+    assert f"encoder.layer.0.attention.self.query.{weight}" in stored
+    layers = json.loads(report.read_text())["layers"]
+    kept = {l["name"]: l["kept_because"] for l in layers if not l["quantized"]}
+    assert kept["embeddings.word_embeddings.weight"] == "an embedding"
+    assert kept["encoder.layer.0.attention.self.query.bias"].startswith("1-D")
+    assert (out / "tokenizer.json").is_file() and (out / "1_Pooling" / "config.json").is_file()
+    # An existing folder needs --force; requantizing the output is refused.
+    lines = one_line_error(run("quantize", "-o", out, "--format", fmt, "--group-size", "64"))
+    assert "--force" in lines[-1]
+    lines = one_line_error(run("quantize", out, "-o", tmp_path / "again", "--format", fmt, "--group-size", "64"))
+    assert "already quantized" in lines[-1]
