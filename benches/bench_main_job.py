@@ -2,17 +2,17 @@
 
     python3 benches/bench_main_job.py [--gib 2]
 
-For the embedded all-MiniLM-L6-v2 checkpoint and a generated checkpoint of --gib GiB
-(float32 tensors of 256 MiB), times `quantbridge quantize` (a subprocess, as a user runs it)
-against `cat FILE > /dev/null` (page cache warm for both), and reports each run's peak RSS.
-Figures are ratios against the `cat` baseline measured in the same run.
+For the embedded all-MiniLM-L6-v2 model folder and a generated model folder of --gib GiB
+(float32 tensors of 256 MiB, named like Linear weights), times `quantbridge quantize` (a
+subprocess, as a user runs it) in each output format against `cat FILE > /dev/null` (page
+cache warm for both), and reports each run's peak RSS. Figures are ratios against the
+`cat` baseline measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import struct
 import subprocess
 import sys
@@ -23,21 +23,33 @@ from pathlib import Path
 import numpy as np
 
 
+# Runs a command and prints its peak RSS: RUSAGE_CHILDREN of this process would be the
+# largest of every command the benchmark ran so far.
+PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+
+
 def timed(cmd: list[str], repeat: int = 3) -> tuple[float, int]:
-    """Best wall time of `repeat` runs and the largest child peak RSS (bytes)."""
-    best = float("inf")
+    """Best wall time of `repeat` runs and the largest peak RSS of one run (bytes)."""
+    best, rss = float("inf"), 0
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], check=True, capture_output=True, text=True)
         best = min(best, time.perf_counter() - start)
-    return best, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        rss = max(rss, int(out.stdout))
+    return best, rss
 
 
-def generate(path: Path, gib: int) -> None:
+def generate(folder: Path, gib: int) -> None:
+    """A model folder: config.json and one model.safetensors of `gib` GiB."""
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "generated", "torch_dtype": "float32"}')
+    path = folder / "model.safetensors"
     tensor_bytes = 256 * 2**20
     rows, cols = 8192, tensor_bytes // 4 // 8192
     n = gib * 4
-    header = {f"layer.{i}.weight": {"dtype": "F32", "shape": [rows, cols],
+    header = {f"layers.{i}.proj.weight": {"dtype": "F32", "shape": [rows, cols],
                                     "data_offsets": [i * tensor_bytes, (i + 1) * tensor_bytes]} for i in range(n)}
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
@@ -55,16 +67,18 @@ def main() -> None:
     from quantbridge._files import default_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        big = Path(tmp) / "generated.safetensors"
+        big = Path(tmp) / "generated"
         generate(big, args.gib)
-        print(f"{'checkpoint':<28} {'cat (s)':>8} {'quantize (s)':>12} {'ratio':>6} {'peak RSS':>10}")
-        for label, path in [("all-MiniLM-L6-v2 (87 MiB)", default_checkpoint()), (f"generated ({args.gib} GiB)", big)]:
-            subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-            cat, _ = timed(["sh", "-c", f"cat '{path}' > /dev/null"])
-            out = Path(tmp) / "out.safetensors"
-            quant, rss = timed([sys.executable, "-m", "quantbridge", "quantize", str(path), "-o", str(out),
-                                "--force", "--quiet"])
-            print(f"{label:<28} {cat:>8.3f} {quant:>12.3f} {quant / cat:>5.1f}x {rss / 2**20:>7.0f} MiB")
+        print(f"{'model folder':<28} {'format':<19} {'cat (s)':>8} {'quantize (s)':>12} {'ratio':>6} {'peak RSS':>10}")
+        for label, folder in [("all-MiniLM-L6-v2 (87 MiB)", default_checkpoint()), (f"generated ({args.gib} GiB)", big)]:
+            weights = folder / "model.safetensors"
+            subprocess.run(["cat", str(weights)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+            cat, _ = timed(["sh", "-c", f"cat '{weights}' > /dev/null"])
+            for fmt, out in [("quantbridge", "out.safetensors"), ("compressed-tensors", "out-ct"), ("mlx", "out-mlx")]:
+                quant, rss = timed([sys.executable, "-m", "quantbridge", "quantize", str(folder), "-o",
+                                    str(Path(tmp) / out), "--format", fmt, "--force", "--quiet"])
+                print(f"{label:<28} {fmt:<19} {cat:>8.3f} {quant:>12.3f} {quant / cat:>5.1f}x {rss / 2**20:>7.0f} MiB",
+                      flush=True)
 
 
 if __name__ == "__main__":
