@@ -12,7 +12,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{check_unique_output_names, scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, Choice};
 use crate::files::verify;
-use crate::files::{bad_file, io_error};
+use crate::files::{bad_file, io_error, temp_beside};
 use crate::quant::{
     output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDType,
     Scales, Stats,
@@ -144,18 +144,7 @@ struct TempOutput {
 
 impl TempOutput {
     fn create(target: &Path, force: bool) -> Result<(Self, File)> {
-        if target.exists() && !force {
-            return Err(Error::Io(format!("{} already exists; pass --force to overwrite it", target.display())));
-        }
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(Error::Io(format!("cannot write {}: no such folder {}", target.display(), dir.display())));
-        }
-        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("output");
-        let temp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        let temp = temp_beside(target, force)?;
         let file = File::create(&temp).map_err(|e| io_error(target, "write", &e))?;
         Ok((TempOutput { temp, target: target.to_owned(), committed: false }, file))
     }

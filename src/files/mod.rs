@@ -27,3 +27,21 @@ pub fn bad_file(path: &std::path::Path, found: impl Into<String>, fix: &str) -> 
         fix,
     )
 }
+
+/// The hidden temporary path an output is written under before its rename to `target`,
+/// beside it (so the rename stays on one file system). Refuses an existing `target`
+/// without `force` and a missing parent folder.
+pub fn temp_beside(target: &std::path::Path, force: bool) -> crate::Result<std::path::PathBuf> {
+    if target.exists() && !force {
+        return Err(Error::Io(format!("{} already exists; pass --force to overwrite it", target.display())));
+    }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Io(format!("cannot write {}: no such folder {}", target.display(), dir.display())));
+    }
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    Ok(dir.join(format!(".{name}.partial-{}", std::process::id())))
+}

@@ -19,7 +19,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::job::{quantize_entry, LayerReport};
 use crate::files::output::{check_unique_output_names, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, is_embedding, Choice};
-use crate::files::{io_error, verify};
+use crate::files::{io_error, temp_beside, verify};
 use crate::quant::{BufferPool, Engine, Granularity, Kernel, QuantSpec, ScaleDType};
 use crate::serving::{group_size, module_of, EngineResult, ServingFormat};
 
@@ -55,18 +55,7 @@ struct TempFolder {
 
 impl TempFolder {
     fn create(target: &Path, force: bool) -> Result<Self> {
-        if target.exists() && !force {
-            return Err(Error::Io(format!("{} already exists; pass --force to replace it", target.display())));
-        }
-        let parent = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(Error::Io(format!("cannot write {}: no such folder {}", target.display(), parent.display())));
-        }
-        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("output");
-        let temp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        let temp = temp_beside(target, force)?;
         let _ = std::fs::remove_dir_all(&temp); // a previous run of this pid, killed
         std::fs::create_dir(&temp).map_err(|e| io_error(&temp, "create", &e))?;
         Ok(TempFolder { temp, target: target.to_owned(), committed: false })
