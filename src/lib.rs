@@ -1,7 +1,8 @@
 //! quantbridge: zero-copy int8/int4/int2 quantization of tensors from any framework.
 //!
 //! The folders say what touches what (docs/architecture.md):
-//! * pure Rust, usable without Python: [`quant`] (the engine), [`tables`] (the Arrow table
+//! * pure Rust, usable without Python: [`quant`] (the engine, with ggml's block types in
+//!   [`quant::gguf`]), [`tables`] (the Arrow table
 //!   layout), [`serving`] (the layouts inference engines load), [`files`] (checkpoints in
 //!   and out), [`error`];
 //! * foreign memory: [`foreign`], the one borrowed-pointer guard and the DLPack / Arrow

@@ -59,6 +59,7 @@ def quantize(
     pack: bool = True,
     stats: bool = False,
     name: str | None = None,
+    gguf_type: str | None = None,
 ) -> QuantizedTensor:
     """Quantize one tensor, reading it in place.
 
@@ -73,6 +74,13 @@ def quantize(
         pack: pack codes ``bits`` per code (default); False stores one code per byte.
         stats: also compute ``mse``, ``max_abs_error`` and ``sqnr_db`` (``q.stats``).
         name: the layer name used in error messages.
+        gguf_type: a llama.cpp block type instead of the spec's arithmetic: ``"Q8_0"``,
+            ``"Q4_0"``, ``"Q4_1"``, ``"Q5_0"``, ``"Q5_1"``, ``"Q4_K"``, ``"Q5_K"`` or
+            ``"Q6_K"`` (docs/gguf.md). ``codes`` are then the GGUF block bytes, row after
+            row, exactly as a GGUF file stores them; ``scales`` and ``zero_points`` are
+            ``None``; ``dequantize()`` equals gguf-py's. Rows must be whole blocks (32
+            values, 256 for the K types). ``bits``, ``group_size``, ``symmetric``,
+            ``granularity``, ``scale_dtype`` and ``pack`` do not apply.
 
     Returns:
         QuantizedTensor: ``codes``, ``scales`` and ``zero_points`` as read-only tensors
@@ -85,7 +93,10 @@ def quantize(
             ``expected`` and ``fix``.
         QuantizationError: an internal failure (never the caller's input).
     """
-    return _native.quantize(tensor, _spec(bits, group_size, symmetric, granularity, scale_dtype, pack, stats), name)
+    spec = _spec(bits, group_size, symmetric, granularity, scale_dtype, pack, stats)
+    if gguf_type is None:
+        return _native.quantize(tensor, spec, name)
+    return _native.quantize(tensor, spec, name, None, gguf_type)
 
 
 def dequantize(q: QuantizedTensor) -> NativeTensor:

@@ -494,5 +494,6 @@ fn rebuild(path: &Path, name: &str, shape: &[usize], spec: &QuantSpec, codes: &[
         scales,
         zero_points: zps.map(<[u8]>::to_vec),
         stats: None,
+        gguf: None,
     })
 }

@@ -104,6 +104,13 @@ impl QuantizedTensor {
     /// This result as one row of the §5 output table, sharing its buffers.
     fn table_row(&self) -> Result<RecordBatch, Error> {
         let q = &self.q;
+        if let Some(ty) = q.gguf {
+            return Err(Error::validation(
+                format!("a {} result", ty.name()),
+                "a result of the SPEC math (the Arrow table layout has no GGUF blocks)",
+                "export its .codes (the GGUF block bytes) instead",
+            ));
+        }
         let part = |p: Part| shared_arrow_buffer(Arc::new(Storage::Part(q.clone(), p)));
         let n_zps = q.zero_points.as_ref().map_or(0, Vec::len);
         let parts = TableParts {
@@ -186,10 +193,20 @@ impl QuantizedTensor {
         self.part(py, Part::Codes)
     }
 
-    /// Scales, shape (rows, groups_per_row), or (1,) per-tensor.
+    /// Scales, shape (rows, groups_per_row), or (1,) per-tensor; None for a GGUF type
+    /// (its scales live inside the blocks).
     #[getter]
-    fn scales(&self, py: Python<'_>) -> PyResult<Py<NativeTensor>> {
-        self.part(py, Part::Scales)
+    fn scales(&self, py: Python<'_>) -> PyResult<Option<Py<NativeTensor>>> {
+        match self.q.gguf {
+            Some(_) => Ok(None),
+            None => self.part(py, Part::Scales).map(Some),
+        }
+    }
+
+    /// The GGUF block type ("Q4_K", …) when quantized with `gguf_type`, else None.
+    #[getter]
+    fn gguf_type(&self) -> Option<&'static str> {
+        self.q.gguf.map(|t| t.name())
     }
 
     /// Zero points (uint8, same shape as scales), or None when symmetric.
@@ -254,6 +271,13 @@ impl QuantizedTensor {
     fn to_format<'py>(&self, py: Python<'py>, format: &str, name: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
         let layer = || Some(self.name.as_deref().unwrap_or("to_format"));
         let q = &self.q;
+        if let Some(ty) = q.gguf {
+            return Err(to_pyerr(py, Error::validation(
+                format!("a {} result", ty.name()),
+                "a result of quantize() without gguf_type",
+                "quantize the weight again without gguf_type; GGUF blocks go into GGUF files",
+            ).into(), layer()));
+        }
         let format = match ServingFormat::parse(format) {
             Ok(Some(f)) => f,
             Ok(None) => {
@@ -304,6 +328,16 @@ impl QuantizedTensor {
     }
 
     fn __repr__(&self) -> String {
+        if let Some(ty) = self.q.gguf {
+            return format!(
+                "QuantizedTensor(shape={:?}, dtype={}, gguf_type={}, nbytes={}, compression={:.2}x)",
+                self.q.shape,
+                self.q.dtype.name(),
+                ty.name(),
+                self.q.nbytes(),
+                self.q.compression_ratio()
+            );
+        }
         let group = match self.q.spec.granularity {
             Granularity::Group(g) => format!("group_size={g}"),
             Granularity::Channel => "granularity=channel".into(),

@@ -61,6 +61,7 @@ impl<'a> Engine<'a> {
             scales: Scales::from_f32(scales, spec.scale_dtype),
             zero_points: (!spec.symmetric).then_some(zps),
             stats,
+            gguf: None,
         })
     }
 
@@ -88,7 +89,27 @@ impl<'a> Engine<'a> {
 
     /// `q` back to float32 values of its source shape (docs/math.md).
     pub fn dequantize(&self, q: &Quantized) -> Result<Vec<f32>> {
+        if let Some(ty) = q.gguf {
+            return super::gguf::dequantize(&q.codes, ty, q.layout.cols, self.alloc);
+        }
         q.dequantize_into(self.alloc.floats(q.layout.numel())?, self.kernel.avx2())
+    }
+
+    /// Quantize `view` to the GGUF block type `ty` (ggml's arithmetic, not the SPEC's);
+    /// with `stats`, the error statistics of its dequantization (an extra read and decode).
+    pub fn quantize_gguf(&self, view: &TensorView<'_>, ty: super::gguf::GgufType, stats: bool) -> Result<Quantized> {
+        let mut q = super::gguf::quantize(view, ty, self.alloc)?;
+        if stats {
+            let source = super::read_row_major(view);
+            let restored = self.dequantize(&q)?;
+            let mut acc = super::StatsAcc::default();
+            for (&x, &y) in source.iter().zip(&restored) {
+                acc.add(x, y);
+            }
+            q.stats = Some(acc.finish(source.len()));
+            self.alloc.recycle_floats(restored);
+        }
+        Ok(q)
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 mod engine;
+pub mod gguf;
 pub mod layout;
 pub mod math;
 pub mod pack;

@@ -143,6 +143,9 @@ pub struct Quantized {
     pub zero_points: Option<Vec<u8>>,
     /// Error statistics, when asked for.
     pub stats: Option<Stats>,
+    /// A GGUF block type: then `codes` are its blocks, row after row, `scales` is empty and
+    /// `spec` only describes them (bits per code, block size as the group).
+    pub gguf: Option<super::gguf::GgufType>,
 }
 
 impl Quantized {

@@ -82,6 +82,7 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
         scales: Scales::from_f32(scales, spec.scale_dtype),
         zero_points: (!spec.symmetric).then_some(zps),
         stats: spec.stats.then(|| acc.finish(n)),
+        gguf: None,
     })
 }
 

@@ -1,0 +1,366 @@
+//! ggml's K-quants: 256-value super-blocks. `quantize_q4_k`, `quantize_q5_k` and
+//! `quantize_q6_k` repeat ggml's reference quantizers (`quantize_row_q4_K_ref`, …, the path
+//! `llama-quantize` takes without an importance matrix) operation for operation, in float32
+//! and in the same order, so the bytes are ggml's; the dequantizers repeat gguf-py's.
+
+use half::f16;
+
+/// Values per super-block.
+pub const QK_K: usize = 256;
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: round to nearest (even) through the float adder, with its
+/// out-of-range behaviour (|x| > 4194303 wraps) reproduced bit for bit.
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    let val = x + 12_582_912.0f32;
+    (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+fn f16_round(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// ggml's `make_qkx2_quants`: codes `l` in `0..=nmax` and `(scale, −min)` for `x`, the
+/// weighted least-squares refinement over `nstep + 1` candidate scales.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l_out: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+    let n = x.len();
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let mut iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l_out[i] = l as u8;
+        let diff = scale * l_out[i] as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    let mut laux = [0u8; 32];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..n {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = l as u8;
+            let (w, l) = (weights[i], l as f32);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0f32;
+            for i in 0..n {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (what Q6_K uses):
+/// signed codes stored as `l + nmax` and the scale.
+fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+    let n = x.len();
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l_out[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        l_out[i] = (l + nmax) as i8;
+        let w = x[i] * x[i];
+        let l = l as f32;
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
+        sumlx = 0.0;
+        suml2 = 0.0;
+        for &v in x {
+            let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for i in 0..n {
+                let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+                l_out[i] = (nmax + l) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The 6-bit scales and mins of the eight sub-blocks, packed into 12 bytes as ggml packs them.
+fn pack_scales_mins(scales: &[f32; 8], mins: &[f32; 8], out: &mut [u8]) -> (f32, f32) {
+    let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    out[..12].fill(0);
+    for j in 0..8 {
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            out[j] = ls;
+            out[j + 4] = lm;
+        } else {
+            out[j + 4] = (ls & 0xf) | ((lm & 0xf) << 4);
+            out[j - 4] |= (ls >> 4) << 6;
+            out[j] |= (lm >> 4) << 6;
+        }
+    }
+    (max_scale, max_min)
+}
+
+/// ggml's `get_scale_min_k4`.
+fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Codes of one super-block for Q4_K / Q5_K: the sub-block fits, their scales packed, then
+/// every code recomputed from the stored (rounded) scales, as ggml does. Writes `d`, `dmin`
+/// and the 12 scale bytes into `head` (16 bytes) and returns the codes.
+fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let sub = &x[32 * j..32 * j + 32];
+        let mut sum_x2 = 0f32;
+        for &v in sub {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(sub) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, sub, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep);
+    }
+    let (max_scale, max_min) = pack_scales_mins(&scales, &mins, &mut head[4..16]);
+    head[..2].copy_from_slice(&f16::from_f32(max_scale / 63.0).to_le_bytes());
+    head[2..4].copy_from_slice(&f16::from_f32(max_min / 63.0).to_le_bytes());
+    let (d_all, dmin_all) = (f16_round(max_scale / 63.0), f16_round(max_min / 63.0));
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &head[4..16]);
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    l
+}
+
+/// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles. 144 bytes.
+pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
+    let l = k_block_codes(x, 15, -1.0, 20, &mut out[..16]);
+    let qs = &mut out[16..144];
+    for (chunk, q) in l.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
+        for i in 0..32 {
+            q[i] = chunk[i] | (chunk[i + 32] << 4);
+        }
+    }
+}
+
+/// Q5_K: as Q4_K plus 32 bytes of fifth bits. 176 bytes.
+pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
+    let l = k_block_codes(x, 31, -0.5, 15, &mut out[..16]);
+    let (qh, ql) = out[16..176].split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (chunk, q) in l.chunks_exact(64).zip(ql.chunks_exact_mut(32)) {
+        for j in 0..32 {
+            let mut l1 = chunk[j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = chunk[j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            q[j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+/// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, `d` (f16). 210 bytes.
+pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for ib in 0..16 {
+        let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    out[..210].fill(0);
+    if max_abs_scale < GROUP_MAX_EPS {
+        return; // all zeros, d = 0
+    }
+    let iscale = -128.0 / max_scale;
+    let d_bytes = f16::from_f32(1.0 / iscale).to_le_bytes();
+    out[208..210].copy_from_slice(&d_bytes);
+    let d_all = f16::from_le_bytes(d_bytes).to_f32();
+    let mut sc = [0i8; 16];
+    for ib in 0..16 {
+        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        out[192 + ib] = sc[ib] as u8;
+    }
+    for j in 0..16 {
+        let d = d_all * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for half in 0..2 {
+        let (j, ql, qh) = (half * 128, &mut ql[half * 64..half * 64 + 64], &mut qh[half * 32..half * 32 + 32]);
+        for i in 0..32 {
+            let q = |k: usize| l[j + i + 32 * k] as u8;
+            ql[i] = (q(0) & 0xf) | ((q(2) & 0xf) << 4);
+            ql[i + 32] = (q(1) & 0xf) | ((q(3) & 0xf) << 4);
+            qh[i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+        }
+    }
+}
+
+fn dequantize_k(b: &[u8], out: &mut [f32], fifth_bits: Option<&[u8]>, qs: &[u8]) {
+    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
+    for j in 0..8 {
+        let (sc, m) = scale_min(j, &b[4..16]);
+        let (dj, mj) = (d * sc as f32, dmin * m as f32);
+        let nibbles = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+        for i in 0..32 {
+            let low = if j % 2 == 0 { nibbles[i] & 0xf } else { nibbles[i] >> 4 };
+            let high = fifth_bits.map_or(0, |qh| ((qh[i] >> j) & 1) << 4);
+            out[32 * j + i] = dj * (low | high) as f32 - mj;
+        }
+    }
+}
+
+/// Q4_K values: `d·sc · q − dmin·m`.
+pub fn dequantize_q4_k(b: &[u8], out: &mut [f32]) {
+    dequantize_k(b, out, None, &b[16..144]);
+}
+
+/// Q5_K values.
+pub fn dequantize_q5_k(b: &[u8], out: &mut [f32]) {
+    dequantize_k(b, out, Some(&b[16..48]), &b[48..176]);
+}
+
+/// Q6_K values: `d·sc · (q − 32)`.
+pub fn dequantize_q6_k(b: &[u8], out: &mut [f32]) {
+    let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+    for (n, o) in out.iter_mut().enumerate() {
+        let (half, within) = (n / 128, n % 128);
+        let (k, i) = (within / 32, within % 32);
+        let ql = b[half * 64 + i + 32 * (k % 2)];
+        let low = if k < 2 { ql & 0xf } else { ql >> 4 };
+        let high = (b[128 + half * 32 + i] >> (2 * k)) & 3;
+        let q = (low | (high << 4)) as i8 - 32;
+        let scale = d * (b[192 + n / 16] as i8) as f32;
+        *o = scale * q as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!([nearest_int(0.5), nearest_int(1.5), nearest_int(-0.5), nearest_int(2.4)], [0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn k_quants_reproduce_a_smooth_block_closely() {
+        let x: Vec<f32> = (0..QK_K).map(|i| ((i as f32) * 0.37).sin()).collect();
+        for (q, dq, size, tol) in [
+            (quantize_q4_k as fn(&[f32], &mut [u8]), dequantize_q4_k as fn(&[u8], &mut [f32]), 144, 0.1),
+            (quantize_q5_k, dequantize_q5_k, 176, 0.05),
+            (quantize_q6_k, dequantize_q6_k, 210, 0.03),
+        ] {
+            let mut b = vec![0u8; size];
+            q(&x, &mut b);
+            let mut y = vec![0f32; QK_K];
+            dq(&b, &mut y);
+            let worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < tol, "{size}: {worst}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! ggml's 32-value block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. Each quantizer repeats the
+//! float32 operations of ggml's reference (`quantize_row_q4_0_ref`, …, mirrored by gguf-py's
+//! `gguf.quants`) in the same order, so the bytes are the same; each dequantizer repeats
+//! gguf-py's, so the values are.
+
+use half::f16;
+
+/// Values per block.
+pub const QK: usize = 32;
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    f16::from_f32(x).to_le_bytes()
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The signed value of largest magnitude (the first one on ties), as ggml picks it.
+fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
+fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// Q4_0: `d` (f16) = signed absmax / −8; codes `trunc(x/d + 8.5)` clamped to 15, nibbles
+/// `q[j] | q[j+16] << 4`. 18 bytes.
+pub fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
+    let d = signed_absmax(x) / -8.0;
+    let id = inverse(d);
+    out[..2].copy_from_slice(&f16_bytes(d));
+    for j in 0..QK / 2 {
+        let q0 = ((x[j] * id + 8.5).trunc() as u8).min(15);
+        let q1 = ((x[j + QK / 2] * id + 8.5).trunc() as u8).min(15);
+        out[2 + j] = q0 | (q1 << 4);
+    }
+}
+
+/// Q4_1: `d` = (max − min) / 15 and `m` = min (f16 each); codes `trunc((x − min)/d + 0.5)`. 20 bytes.
+pub fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 15.0;
+    let id = inverse(d);
+    out[..2].copy_from_slice(&f16_bytes(d));
+    out[2..4].copy_from_slice(&f16_bytes(min));
+    for j in 0..QK / 2 {
+        let q0 = (((x[j] - min) * id + 0.5).trunc() as u8).min(15);
+        let q1 = (((x[j + QK / 2] - min) * id + 0.5).trunc() as u8).min(15);
+        out[4 + j] = q0 | (q1 << 4);
+    }
+}
+
+/// The fifth bits of 32 five-bit codes, bit `j` for code `j`.
+fn high_bits(q: &[u8; QK]) -> [u8; 4] {
+    let mut qh = 0u32;
+    for (j, &c) in q.iter().enumerate() {
+        qh |= ((c >> 4) as u32 & 1) << j;
+    }
+    qh.to_le_bytes()
+}
+
+fn low_nibbles(q: &[u8; QK], out: &mut [u8]) {
+    for j in 0..QK / 2 {
+        out[j] = (q[j] & 0x0f) | ((q[j + QK / 2] & 0x0f) << 4);
+    }
+}
+
+/// Q5_0: `d` = signed absmax / −16; codes `trunc(x/d + 16.5)` clamped to 31. 22 bytes.
+pub fn quantize_q5_0(x: &[f32], out: &mut [u8]) {
+    let d = signed_absmax(x) / -16.0;
+    let id = inverse(d);
+    let mut q = [0u8; QK];
+    for (c, &v) in q.iter_mut().zip(x) {
+        *c = ((v * id + 16.5).trunc() as u8).min(31);
+    }
+    out[..2].copy_from_slice(&f16_bytes(d));
+    out[2..6].copy_from_slice(&high_bits(&q));
+    low_nibbles(&q, &mut out[6..]);
+}
+
+/// Q5_1: `d` = (max − min) / 31, `m` = min; codes `trunc((x − min)/d + 0.5)`. 24 bytes.
+pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / 31.0;
+    let id = inverse(d);
+    let mut q = [0u8; QK];
+    for (c, &v) in q.iter_mut().zip(x) {
+        *c = (((v - min) * id + 0.5).trunc() as u8).min(31);
+    }
+    out[..2].copy_from_slice(&f16_bytes(d));
+    out[2..4].copy_from_slice(&f16_bytes(min));
+    out[4..8].copy_from_slice(&high_bits(&q));
+    low_nibbles(&q, &mut out[8..]);
+}
+
+/// Q8_0: `d` = absmax / 127; codes `round(x/d)` (half away from zero) as int8. 34 bytes.
+pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    out[..2].copy_from_slice(&f16_bytes(d));
+    for (o, &v) in out[2..].iter_mut().zip(x) {
+        *o = (v * id).round() as i8 as u8;
+    }
+}
+
+/// Q4_0 values: `d · (q − 8)`.
+pub fn dequantize_q4_0(b: &[u8], out: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for j in 0..QK / 2 {
+        out[j] = d * ((b[2 + j] & 0x0f) as i8 - 8) as f32;
+        out[j + QK / 2] = d * ((b[2 + j] >> 4) as i8 - 8) as f32;
+    }
+}
+
+/// Q4_1 values: `d · q + m`.
+pub fn dequantize_q4_1(b: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for j in 0..QK / 2 {
+        out[j] = d * (b[4 + j] & 0x0f) as f32 + m;
+        out[j + QK / 2] = d * (b[4 + j] >> 4) as f32 + m;
+    }
+}
+
+fn five_bit(qh: u32, qs: &[u8], j: usize) -> u8 {
+    let low = if j < QK / 2 { qs[j] & 0x0f } else { qs[j - QK / 2] >> 4 };
+    low | (((qh >> j) & 1) as u8) << 4
+}
+
+/// Q5_0 values: `d · (q − 16)`.
+pub fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = d * (five_bit(qh, &b[6..], j) as i8 - 16) as f32;
+    }
+}
+
+/// Q5_1 values: `d · q + m`.
+pub fn dequantize_q5_1(b: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = d * five_bit(qh, &b[8..], j) as f32 + m;
+    }
+}
+
+/// Q8_0 values: `q · d`.
+pub fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (o, &q) in out.iter_mut().zip(&b[2..]) {
+        *o = q as i8 as f32 * d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_0_of_a_ramp() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 8.0).collect(); // max |x| is 23
+        let mut b = [0u8; 18];
+        quantize_q4_0(&x, &mut b);
+        assert_eq!(f16_at(&b, 0), f16::from_f32(23.0 / -8.0).to_f32());
+        let mut y = [0f32; 32];
+        dequantize_q4_0(&b, &mut y);
+        let d = f16_at(&b, 0).abs();
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a - b).abs() <= d * 0.5 + 1e-3, "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn q8_0_rounds_half_away_from_zero() {
+        let mut x = [0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5;
+        x[2] = -2.5;
+        let mut b = [0u8; 34];
+        quantize_q8_0(&x, &mut b);
+        assert_eq!((b[2] as i8, b[3] as i8, b[4] as i8), (127, 3, -3));
+    }
+
+    #[test]
+    fn all_zero_blocks_have_zero_scales_and_values() {
+        let x = [0f32; 32];
+        let mut y = [1f32; 32];
+        for (q, dq, size) in [
+            (quantize_q4_0 as fn(&[f32], &mut [u8]), dequantize_q4_0 as fn(&[u8], &mut [f32]), 18),
+            (quantize_q4_1, dequantize_q4_1, 20),
+            (quantize_q5_0, dequantize_q5_0, 22),
+            (quantize_q5_1, dequantize_q5_1, 24),
+            (quantize_q8_0, dequantize_q8_0, 34),
+        ] {
+            let mut b = vec![0u8; size];
+            q(&x, &mut b);
+            dq(&b, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0));
+        }
+    }
+}

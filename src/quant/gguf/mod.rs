@@ -1,0 +1,289 @@
+//! GGUF block types (llama.cpp / ggml), a scheme beside the SPEC math (docs/gguf.md).
+//!
+//! Every block type has its own arithmetic; the quantizers reproduce ggml's reference
+//! quantizers byte for byte and the dequantizers gguf-py's values bit for bit. Rows are
+//! quantized in parallel, each read in place from any [`TensorView`] (strided, transposed,
+//! float16, bfloat16) and widened to float32 as ggml's callers do. Pure Rust.
+
+mod kquants;
+mod legacy;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, TensorView};
+
+/// A ggml block type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgufType {
+    /// 32 values: f16 scale, 4-bit codes.
+    Q4_0,
+    /// 32 values: f16 scale and minimum, 4-bit codes.
+    Q4_1,
+    /// 32 values: f16 scale, 5-bit codes.
+    Q5_0,
+    /// 32 values: f16 scale and minimum, 5-bit codes.
+    Q5_1,
+    /// 32 values: f16 scale, int8 codes.
+    Q8_0,
+    /// 256 values: 8 sub-blocks with 6-bit scales and mins, 4-bit codes.
+    Q4K,
+    /// 256 values: as Q4_K with 5-bit codes.
+    Q5K,
+    /// 256 values: 16 sub-blocks with int8 scales, 6-bit codes.
+    Q6K,
+}
+
+type QuantizeBlock = fn(&[f32], &mut [u8]);
+type DequantizeBlock = fn(&[u8], &mut [f32]);
+
+impl GgufType {
+    /// Every type, in ggml's numbering order.
+    pub const ALL: [GgufType; 8] = [
+        GgufType::Q4_0,
+        GgufType::Q4_1,
+        GgufType::Q5_0,
+        GgufType::Q5_1,
+        GgufType::Q8_0,
+        GgufType::Q4K,
+        GgufType::Q5K,
+        GgufType::Q6K,
+    ];
+
+    /// The name ggml and gguf-py use ("Q4_0", "Q4_K", …).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufType::Q4_0 => "Q4_0",
+            GgufType::Q4_1 => "Q4_1",
+            GgufType::Q5_0 => "Q5_0",
+            GgufType::Q5_1 => "Q5_1",
+            GgufType::Q8_0 => "Q8_0",
+            GgufType::Q4K => "Q4_K",
+            GgufType::Q5K => "Q5_K",
+            GgufType::Q6K => "Q6_K",
+        }
+    }
+
+    /// The type called `name` (case-insensitive).
+    pub fn parse(name: &str) -> Result<Self> {
+        let upper = name.to_ascii_uppercase();
+        Self::ALL.into_iter().find(|t| t.name() == upper).ok_or_else(|| {
+            Error::validation(
+                format!("gguf_type {name:?}"),
+                "one of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K",
+                "pick one of those (Q4_K is llama.cpp's usual 4-bit choice)",
+            )
+        })
+    }
+
+    /// ggml's `ggml_type` number, as GGUF files store it.
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            GgufType::Q4_0 => 2,
+            GgufType::Q4_1 => 3,
+            GgufType::Q5_0 => 6,
+            GgufType::Q5_1 => 7,
+            GgufType::Q8_0 => 8,
+            GgufType::Q4K => 12,
+            GgufType::Q5K => 13,
+            GgufType::Q6K => 14,
+        }
+    }
+
+    /// The type with `ggml_type` number `n`.
+    pub fn from_ggml_type(n: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_type() == n)
+    }
+
+    /// Values per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgufType::Q4K | GgufType::Q5K | GgufType::Q6K => kquants::QK_K,
+            _ => legacy::QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgufType::Q4_0 => 18,
+            GgufType::Q4_1 => 20,
+            GgufType::Q5_0 => 22,
+            GgufType::Q5_1 => 24,
+            GgufType::Q8_0 => 34,
+            GgufType::Q4K => 144,
+            GgufType::Q5K => 176,
+            GgufType::Q6K => 210,
+        }
+    }
+
+    fn kernels(self) -> (QuantizeBlock, DequantizeBlock) {
+        match self {
+            GgufType::Q4_0 => (legacy::quantize_q4_0, legacy::dequantize_q4_0),
+            GgufType::Q4_1 => (legacy::quantize_q4_1, legacy::dequantize_q4_1),
+            GgufType::Q5_0 => (legacy::quantize_q5_0, legacy::dequantize_q5_0),
+            GgufType::Q5_1 => (legacy::quantize_q5_1, legacy::dequantize_q5_1),
+            GgufType::Q8_0 => (legacy::quantize_q8_0, legacy::dequantize_q8_0),
+            GgufType::Q4K => (kquants::quantize_q4_k, kquants::dequantize_q4_k),
+            GgufType::Q5K => (kquants::quantize_q5_k, kquants::dequantize_q5_k),
+            GgufType::Q6K => (kquants::quantize_q6_k, kquants::dequantize_q6_k),
+        }
+    }
+
+    /// Bits per code (5 and 6 included: these are not the SPEC's 2/4/8).
+    pub fn bits(self) -> u8 {
+        match self {
+            GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q4K => 4,
+            GgufType::Q5_0 | GgufType::Q5_1 | GgufType::Q5K => 5,
+            GgufType::Q6K => 6,
+            GgufType::Q8_0 => 8,
+        }
+    }
+
+    /// Whether the block has no minimum / offset (`x = d·q`).
+    pub fn symmetric(self) -> bool {
+        matches!(self, GgufType::Q4_0 | GgufType::Q5_0 | GgufType::Q8_0 | GgufType::Q6K)
+    }
+
+    /// Bytes of `rows` rows of `cols` values (checked by [`Self::check_row`]).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_size() * self.type_size()
+    }
+
+    /// A row of `cols` values must be whole blocks, as in ggml.
+    pub fn check_row(self, cols: usize) -> Result<()> {
+        if cols == 0 || !cols.is_multiple_of(self.block_size()) {
+            return Err(Error::validation(
+                format!("rows of {cols} values for {}", self.name()),
+                format!("rows (the last axis) a multiple of {}, {}'s block size", self.block_size(), self.name()),
+                if self.block_size() == 32 {
+                    "pick another type or keep this tensor in float (llama.cpp does for such rows)"
+                } else {
+                    "use a 32-value type (Q8_0, Q4_0, Q5_0) for this tensor, or keep it in float, as llama-quantize falls back"
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Rows per parallel task: enough work to amortise scheduling, few enough to balance.
+const ROWS_PER_TASK_ELEMENTS: usize = 1 << 16;
+
+/// Quantize `view` to `ty`, rows in parallel, into a buffer from `alloc`: a [`Quantized`]
+/// whose `codes` are the blocks, row after row, exactly as a GGUF file stores them.
+pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator) -> Result<Quantized> {
+    let (rows, cols) = view.rows_cols();
+    ty.check_row(cols)?;
+    let row_bytes = ty.row_bytes(cols);
+    let mut blocks = alloc.bytes(rows * row_bytes)?;
+    match view.dtype() {
+        DType::F32 => quantize_typed::<f32>(view, ty, &mut blocks)?,
+        DType::F16 => quantize_typed::<half::f16>(view, ty, &mut blocks)?,
+        DType::BF16 => quantize_typed::<half::bf16>(view, ty, &mut blocks)?,
+        DType::F64 => quantize_typed::<f64>(view, ty, &mut blocks)?,
+    }
+    let (rows, cols) = view.rows_cols();
+    let granularity = Granularity::Group(ty.block_size());
+    Ok(Quantized {
+        shape: view.shape().to_vec(),
+        dtype: view.dtype(),
+        spec: QuantSpec { bits: ty.bits(), symmetric: ty.symmetric(), granularity, scale_dtype: ScaleDType::F16, pack: true, stats: false },
+        layout: Layout::new(rows, cols, granularity),
+        codes: blocks,
+        scales: Scales::F16(Vec::new()),
+        zero_points: None,
+        stats: None,
+        gguf: Some(ty),
+    })
+}
+
+fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut [u8]) -> Result<()> {
+    let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
+    let (_, cols) = view.rows_cols();
+    let (quantize_block, _) = ty.kernels();
+    let (block, row_bytes) = (ty.block_size(), ty.row_bytes(cols));
+    let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
+    blocks.par_chunks_mut(row_bytes * rows_per_task).enumerate().try_for_each(|(task, out)| {
+        let mut row = Vec::with_capacity(cols);
+        for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
+            let index = task * rows_per_task + r;
+            let offset = data.row_offset(index);
+            let values: &[f32] = match T::as_f32s(data.contiguous_run(offset, 0, cols).unwrap_or(&[])) {
+                Some(slice) if slice.len() == cols => slice,
+                _ => {
+                    data.read_run(offset, 0, cols, &mut row);
+                    &row
+                }
+            };
+            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
+            }
+            for (x, b) in values.chunks_exact(block).zip(out_row.chunks_exact_mut(ty.type_size())) {
+                quantize_block(x, b);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The float32 values of `blocks` (`rows × cols` of `ty`), as gguf-py's dequantizer gives them.
+pub fn dequantize(blocks: &[u8], ty: GgufType, cols: usize, alloc: &dyn Allocator) -> Result<Vec<f32>> {
+    ty.check_row(cols)?;
+    let row_bytes = ty.row_bytes(cols);
+    if !blocks.len().is_multiple_of(row_bytes) {
+        return Err(Error::Internal(format!("{} bytes are not whole rows of {}", blocks.len(), ty.name())));
+    }
+    let rows = blocks.len() / row_bytes;
+    let mut out = alloc.floats(rows * cols)?;
+    let (_, dequantize_block) = ty.kernels();
+    let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
+    out.par_chunks_mut(cols * rows_per_task).zip(blocks.par_chunks(row_bytes * rows_per_task)).for_each(|(values, bytes)| {
+        for (b, v) in bytes.chunks_exact(ty.type_size()).zip(values.chunks_exact_mut(ty.block_size())) {
+            dequantize_block(b, v);
+        }
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{ElemSlice, Fresh};
+
+    #[test]
+    fn names_sizes_and_numbers() {
+        for t in GgufType::ALL {
+            assert_eq!(GgufType::parse(&t.name().to_lowercase()).unwrap(), t);
+            assert_eq!(GgufType::from_ggml_type(t.ggml_type()), Some(t));
+        }
+        assert!(GgufType::parse("Q3_K").unwrap_err().to_string().contains("Q4_K"));
+    }
+
+    #[test]
+    fn rows_must_be_whole_blocks() {
+        let data = vec![0f32; 3 * 48];
+        let view = TensorView::contiguous(ElemSlice::F32(&data), vec![3, 48]).unwrap();
+        let e = quantize(&view, GgufType::Q4_0, &Fresh).unwrap_err();
+        assert!(e.to_string().contains("multiple of 32"), "{e}");
+    }
+
+    #[test]
+    fn a_transposed_view_quantizes_like_its_copy() {
+        let data: Vec<f32> = (0..64 * 256).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        let strided = TensorView::new(ElemSlice::F32(&data), 0, vec![256, 64], vec![1, 256]).unwrap();
+        let copy: Vec<f32> = (0..256).flat_map(|r| (0..64).map(move |c| (r, c))).map(|(r, c)| data[c * 256 + r]).collect();
+        let contiguous = TensorView::contiguous(ElemSlice::F32(&copy), vec![256, 64]).unwrap();
+        for t in [GgufType::Q4_0, GgufType::Q8_0] {
+            assert_eq!(quantize(&strided, t, &Fresh).unwrap().codes, quantize(&contiguous, t, &Fresh).unwrap().codes);
+        }
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_with_their_index() {
+        let mut data = vec![1f32; 2 * 256];
+        data[300] = f32::NAN;
+        let view = TensorView::contiguous(ElemSlice::F32(&data), vec![2, 256]).unwrap();
+        assert!(matches!(quantize(&view, GgufType::Q4K, &Fresh), Err(Error::NonFinite { index: 300, .. })));
+    }
+}
