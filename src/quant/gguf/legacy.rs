@@ -32,6 +32,24 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
+/// C's float → integer conversion as x86-64 compiles it (`cvttss2si`): truncation, and
+/// the "integer indefinite" `i32::MIN` for NaN and out-of-range values, whose low byte a
+/// following `(int8_t)` keeps. It matters only when `1/d` overflows (a block of subnormal
+/// values): ggml and gguf-py (numpy on x86) then both store 0, which Rust's saturating
+/// `as` would not.
+fn c_to_i32(v: f32) -> i32 {
+    if v.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&v) {
+        i32::MIN
+    } else {
+        v as i32
+    }
+}
+
+/// ggml's `MIN(max, (int8_t)(v))` stored into a `uint8_t`.
+fn code(v: f32, max: i32) -> u8 {
+    (c_to_i32(v) as i8 as i32).min(max) as u8
+}
+
 fn inverse(d: f32) -> f32 {
     if d != 0.0 {
         1.0 / d
@@ -47,8 +65,8 @@ pub fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
     let id = inverse(d);
     out[..2].copy_from_slice(&f16_bytes(d));
     for j in 0..QK / 2 {
-        let q0 = ((x[j] * id + 8.5).trunc() as u8).min(15);
-        let q1 = ((x[j + QK / 2] * id + 8.5).trunc() as u8).min(15);
+        let q0 = code(x[j] * id + 8.5, 15);
+        let q1 = code(x[j + QK / 2] * id + 8.5, 15);
         out[2 + j] = q0 | (q1 << 4);
     }
 }
@@ -61,8 +79,8 @@ pub fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
     for j in 0..QK / 2 {
-        let q0 = (((x[j] - min) * id + 0.5).trunc() as u8).min(15);
-        let q1 = (((x[j + QK / 2] - min) * id + 0.5).trunc() as u8).min(15);
+        let q0 = code((x[j] - min) * id + 0.5, 15);
+        let q1 = code((x[j + QK / 2] - min) * id + 0.5, 15);
         out[4 + j] = q0 | (q1 << 4);
     }
 }
@@ -88,7 +106,7 @@ pub fn quantize_q5_0(x: &[f32], out: &mut [u8]) {
     let id = inverse(d);
     let mut q = [0u8; QK];
     for (c, &v) in q.iter_mut().zip(x) {
-        *c = ((v * id + 16.5).trunc() as u8).min(31);
+        *c = code(v * id + 16.5, 31);
     }
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..6].copy_from_slice(&high_bits(&q));
@@ -102,7 +120,7 @@ pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
     let id = inverse(d);
     let mut q = [0u8; QK];
     for (c, &v) in q.iter_mut().zip(x) {
-        *c = (((v - min) * id + 0.5).trunc() as u8).min(31);
+        *c = code((v - min) * id + 0.5, 31);
     }
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
@@ -117,7 +135,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
     let id = inverse(d);
     out[..2].copy_from_slice(&f16_bytes(d));
     for (o, &v) in out[2..].iter_mut().zip(x) {
-        *o = (v * id).round() as i8 as u8;
+        *o = c_to_i32((v * id).round()) as i8 as u8;
     }
 }
 
@@ -197,6 +215,12 @@ mod tests {
         let mut b = [0u8; 34];
         quantize_q8_0(&x, &mut b);
         assert_eq!((b[2] as i8, b[3] as i8, b[4] as i8), (127, 3, -3));
+    }
+
+    #[test]
+    fn conversions_follow_c_on_x86() {
+        assert_eq!([c_to_i32(f32::INFINITY), c_to_i32(f32::NAN), c_to_i32(-3.7)], [i32::MIN, i32::MIN, -3]);
+        assert_eq!([code(f32::INFINITY, 15), code(16.9, 15), code(3.9, 15)], [0, 15, 3]);
     }
 
     #[test]
