@@ -6,6 +6,7 @@ SIGTERM, 129 SIGHUP; on every failure and signal no output file is left behind.
     quantbridge quantize [INPUT] -o OUTPUT [--format quantbridge|compressed-tensors|mlx]
                          [--bits 4] [--group-size 128] [--symmetric] [--scale-dtype DTYPE]
                          [--include RE] [--exclude RE] [--force] [--report FILE]
+    quantbridge quantize MODEL.gguf -o OUT.gguf --gguf-type Q4_K_M   (like llama-quantize)
     quantbridge dequantize INPUT -o OUTPUT [--force]
     quantbridge inspect FILE
 
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--format", default="quantbridge", choices=FORMATS,
                    help="quantbridge: one file in quantbridge's layout; compressed-tensors: a folder vLLM, "
                         "SGLang and transformers load; mlx: a folder mlx-lm loads")
+    q.add_argument("--gguf-type", metavar="TYPE", type=str.upper,
+                   choices=("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M", "Q5_K_M"),
+                   help="requantize a GGUF INPUT into a GGUF OUTPUT like llama-quantize: one of Q8_0, Q4_0, "
+                        "Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, Q4_K_M, Q5_K_M (Q4_K/Q5_K = the _M mixtures)")
     q.add_argument("--bits", type=int, default=4, choices=(2, 4, 8), help="bits per code")
     q.add_argument("--group-size", type=_group_size, default=128, metavar="N",
                    help="elements per group along each row; 0 = one group per row")
@@ -178,7 +183,8 @@ def _print_table(reports: list[dict[str, Any]], totals: dict[str, Any], out: Tex
     for r in reports:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         if r["quantized"]:
-            print(f"{r['name']:<{width}} {shape:>14} {r['bits']:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
+            bits = r.get("gguf_type") or r["bits"]
+            print(f"{r['name']:<{width}} {shape:>14} {bits:>4} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>12.3e} "
                   f"{r['compression']:>6.2f}x", file=out)
         else:
             print(f"{r['name']:<{width}} {shape:>14} {'-':>4} {'passed through (' + r['dtype'] + ')':>28}", file=out)
@@ -226,6 +232,8 @@ def _quantize(args: argparse.Namespace) -> int:
     banner = (f"quantbridge: {source} -> {args.output} ({args.format}, int{args.bits}, "
               f"{'--group-size ' + str(group_size) if group_size else 'one group per row'}, "
               f"{'symmetric' if args.symmetric else 'asymmetric'}, scales {scales})")
+    if args.gguf_type:
+        banner = f"quantbridge: {source} -> {args.output} (GGUF {args.gguf_type})"
     bar = ProgressBar(sys.stderr, args.quiet, banner)
     start = time.perf_counter()
     try:
@@ -233,7 +241,7 @@ def _quantize(args: argparse.Namespace) -> int:
             source, args.output, format=args.format, bits=args.bits, group_size=group_size,
             symmetric=args.symmetric,
             scale_dtype=args.scale_dtype, include=args.include, exclude=args.exclude, force=args.force,
-            progress=bar,
+            progress=bar, gguf_type=args.gguf_type,
         )
     finally:
         bar.close()
@@ -247,7 +255,8 @@ def _quantize(args: argparse.Namespace) -> int:
         print(f"quantbridge: warning: nothing was quantized: {why}; {args.output} holds the input's tensors "
               "unchanged", file=sys.stderr)
     if args.report is not None:
-        spec = {"format": args.format, "bits": args.bits, "group_size": group_size, "symmetric": args.symmetric,
+        spec = {"format": args.format, "gguf_type": args.gguf_type, "bits": args.bits, "group_size": group_size,
+                "symmetric": args.symmetric,
                 "scale_dtype": scales}
         report = {"input": str(source), "output": str(args.output), "spec": spec, "layers": reports,
                   "totals": totals}

@@ -87,6 +87,7 @@ def quantize_file(
     exclude: Iterable[str] = (),
     force: bool = False,
     progress: Progress | None = None,
+    gguf_type: str | None = None,
 ) -> list[dict[str, Any]]:
     """Quantize a checkpoint into ``output``, one tensor at a time, and return one report
     per tensor.
@@ -107,6 +108,13 @@ def quantize_file(
       ``*.weight`` tensors except embeddings and ``lm_head``), and scales are stored in the
       model's dtype.
 
+    ``gguf_type`` (``"Q8_0"``, ``"Q4_0"``, ``"Q4_1"``, ``"Q5_0"``, ``"Q5_1"``, ``"Q4_K"``,
+    ``"Q5_K"``, ``"Q6_K"``, ``"Q4_K_M"``, ``"Q5_K_M"``) requantizes a GGUF ``input`` (F32 /
+    F16 / BF16 tensors) into the GGUF ``output`` like ``llama-quantize`` (docs/gguf.md):
+    metadata copied with ``general.file_type`` set, tensor order kept, 2-D ``*.weight``
+    tensors quantized (``Q4_K``/``Q5_K`` are llama-quantize's aliases of the ``_M``
+    mixtures), ``format`` and the spec do not apply.
+
     ``include`` / ``exclude`` (regular expressions, ``re.search``) override the default:
     with ``include``, exactly the matching tensors that the format can store quantized;
     ``exclude`` keeps matching tensors unchanged. Every report of a kept tensor says why
@@ -124,11 +132,12 @@ def quantize_file(
         include, exclude: regular expressions over tensor names.
         force: replace an existing output.
         progress: ``progress(report, bytes_done, bytes_total)`` after each tensor.
+        gguf_type: a GGUF type or mixture for a GGUF-to-GGUF job (above).
 
     Returns:
         One report dict per tensor, in file order: ``name``, ``dtype``, ``shape``,
-        ``quantized``, ``bits``, ``sqnr_db``, ``max_abs_error``, ``mse``, ``input_bytes``,
-        ``output_bytes``, ``compression``, ``kept_because``.
+        ``quantized``, ``bits``, ``gguf_type``, ``sqnr_db``, ``max_abs_error``, ``mse``,
+        ``input_bytes``, ``output_bytes``, ``compression``, ``kept_because``.
 
     Raises:
         ValidationError: a bad spec, format, pattern, input or output name, or a spec the
@@ -145,7 +154,7 @@ def quantize_file(
     spec = _spec(bits, group_size, symmetric, granularity, scale_dtype or "float32")
     return _native.quantize_file(
         source, Path(output), spec, format=format, scale_dtype_given=scale_dtype is not None, force=force,
-        select=_selector(include, exclude), progress=progress,
+        select=_selector(include, exclude), progress=progress, gguf_type=gguf_type,
     )
 
 

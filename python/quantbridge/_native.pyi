@@ -124,6 +124,7 @@ def quantize_file(
     force: bool = False,
     select: Callable[[str, int], bool | str | None] | None = None,
     progress: Callable[[dict[str, Any], int, int], object] | None = None,
+    gguf_type: str | None = None,
 ) -> list[dict[str, Any]]: ...
 def dequantize_file(
     input: Any, output: Any, *, force: bool = False,

@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::tables::{int_list_row, list_row};
 use crate::error::{Error, Result};
-use crate::files::{bad_file, io_error, mmap};
+use crate::files::{bad_file, gguf, io_error, mmap};
 use crate::quant::{DType, ElemSlice, TensorView};
 
 /// One tensor of a checkpoint.
@@ -28,8 +28,10 @@ pub struct Entry {
     pub name: String,
     /// Element type (safetensors' names: F32, BF16, I64, …).
     pub dtype: Dtype,
-    /// Bits per code, for a row of a quantbridge Arrow output (listed by `inspect`).
-    pub quantized_bits: Option<u8>,
+    /// How an already-quantized tensor is stored ("Q4" for a row of a quantbridge Arrow
+    /// output, "Q4_K" for a GGUF block type), listed by `inspect`; such tensors are never
+    /// quantized again.
+    pub stored_as: Option<String>,
     /// Where it was found, for messages: a file, or a row of an Arrow table.
     pub origin: String,
     /// Shape.
@@ -71,7 +73,7 @@ impl Entry {
     #[cfg(test)]
     pub fn listed(name: &str, dtype: Dtype, shape: &[usize]) -> Self {
         let nbytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
-        Entry { name: name.into(), dtype, quantized_bits: None, origin: "test".into(), shape: shape.to_vec(), nbytes, loc: Loc::Listed }
+        Entry { name: name.into(), dtype, stored_as: None, origin: "test".into(), shape: shape.to_vec(), nbytes, loc: Loc::Listed }
     }
 }
 
@@ -83,8 +85,11 @@ pub struct Checkpoint {
     /// The file behind each map, to notice one changing under the job.
     files: Vec<PathBuf>,
     entries: Vec<Entry>,
-    /// The `__metadata__` of a safetensors file (of the first shard), or the Arrow schema's.
+    /// The `__metadata__` of a safetensors file (of the first shard), the Arrow schema's,
+    /// or a GGUF file's key/values (as text).
     pub metadata: BTreeMap<String, String>,
+    /// A GGUF file's header, kept whole for the GGUF job.
+    pub gguf: Option<gguf::Header>,
 }
 
 /// Memory that a view may need when the mapped bytes are not aligned for their dtype.
@@ -122,6 +127,9 @@ impl Checkpoint {
         if map.starts_with(b"ARROW1") {
             return Self::open_arrow(path, map);
         }
+        if map.starts_with(gguf::MAGIC) {
+            return Self::open_gguf(path, map);
+        }
         // An Arrow IPC *stream* starts with a message (the 0xFFFFFFFF continuation marker),
         // not with the file format's magic; its batches cannot be mapped in place.
         if map.starts_with(&[0xff; 4]) || name.ends_with(".arrows") {
@@ -131,13 +139,13 @@ impl Checkpoint {
                 "write it as an IPC file: pyarrow.ipc.new_file(path, table.schema) (or pyarrow.feather.write_feather(table, path, compression=\"uncompressed\"))",
             ));
         }
-        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new(), gguf: None };
         ck.add_safetensors(path, map)?;
         Ok(ck)
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
-        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new(), gguf: None };
         ck.add_safetensors(path, mmap::map(path)?)?;
         Ok(ck)
     }
@@ -164,7 +172,7 @@ impl Checkpoint {
                 Entry {
                     name,
                     dtype: t.dtype(),
-                    quantized_bits: None,
+                    stored_as: None,
                     origin: origin.clone(),
                     shape: t.shape().to_vec(),
                     nbytes: t.data().len(),
@@ -180,6 +188,48 @@ impl Checkpoint {
         self.maps.push(map);
         self.files.push(path.to_owned());
         Ok(())
+    }
+
+    /// A GGUF file: every tensor viewed in place at its offset; float tensors (F32, F16,
+    /// BF16, F64) can be quantized, block types are listed as `stored_as`.
+    fn open_gguf(path: &Path, map: Arc<Mmap>) -> Result<Self> {
+        let header = gguf::parse(&map).map_err(|e| match e {
+            Error::Validation(p) => Error::Validation(crate::error::Problem { found: format!("{}: {}", path.display(), p.found), ..p }),
+            other => other,
+        })?;
+        let mut ck = Checkpoint { path: path.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new(), gguf: None };
+        for kv in &header.kvs {
+            ck.metadata.insert(kv.key.clone(), kv.display());
+        }
+        let origin = path.display().to_string();
+        for t in &header.tensors {
+            let start = (header.data_start + t.offset) as usize;
+            let nbytes = gguf::tensor_nbytes(t) as usize;
+            let (dtype, stored_as) = match t.ty {
+                gguf::TensorType::F32 => (Dtype::F32, None),
+                gguf::TensorType::F16 => (Dtype::F16, None),
+                gguf::TensorType::BF16 => (Dtype::BF16, None),
+                gguf::TensorType::F64 => (Dtype::F64, None),
+                gguf::TensorType::Int(8) => (Dtype::I8, None),
+                gguf::TensorType::Int(16) => (Dtype::I16, None),
+                gguf::TensorType::Int(32) => (Dtype::I32, None),
+                gguf::TensorType::Int(_) => (Dtype::I64, None),
+                other => (Dtype::U8, Some(other.name())),
+            };
+            ck.entries.push(Entry {
+                name: t.name.clone(),
+                dtype,
+                stored_as,
+                origin: origin.clone(),
+                shape: t.shape(),
+                nbytes,
+                loc: Loc::Mapped { map: 0, start, end: start + nbytes },
+            });
+        }
+        ck.gguf = Some(header);
+        ck.maps.push(map);
+        ck.files.push(path.to_owned());
+        Ok(ck)
     }
 
     fn open_index(index: &Path) -> Result<Self> {
@@ -200,7 +250,7 @@ impl Checkpoint {
             }
         }
         shards.sort();
-        let mut ck = Checkpoint { path: index.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new() };
+        let mut ck = Checkpoint { path: index.to_owned(), maps: vec![], files: vec![], entries: vec![], metadata: BTreeMap::new(), gguf: None };
         for shard in &shards {
             if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
                 return Err(bad_file(index, format!("a shard path {shard:?} outside the checkpoint folder"), "fix the index"));
@@ -267,6 +317,7 @@ impl Checkpoint {
             files: vec![path.to_owned()],
             entries: vec![],
             metadata: schema.metadata().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            gguf: None,
         };
         let ours = ck.metadata.contains_key("quantbridge.spec");
         for batch in &batches {
@@ -280,7 +331,7 @@ impl Checkpoint {
     }
 
     /// The rows of a quantbridge Arrow output (docs/formats.md), one entry per layer:
-    /// `quantized_bits` for a quantized layer (its source shape, its stored bytes), the
+    /// `stored_as` ("Q4") for a quantized layer (its source shape, its stored bytes), the
     /// original dtype for a pass-through one.
     fn list_output_rows(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
         let fix = "pass a file written by quantbridge quantize -o NAME.arrow";
@@ -316,11 +367,11 @@ impl Checkpoint {
             };
             let shape: Vec<usize> = int_list_row(&shapes, row).unwrap_or_default().iter().map(|&d| d.max(0) as usize).collect();
             let bits = bits.value(row);
-            let (dtype, quantized_bits, nbytes) = match bits {
+            let (dtype, stored_as, nbytes) = match bits {
                 0 => (passthrough.get(&name).copied().unwrap_or(Dtype::U8), None, code_bytes),
-                b => (Dtype::U8, Some(b), code_bytes + length(&scales) * scale_size + length(&zps)),
+                b => (Dtype::U8, Some(format!("Q{b}")), code_bytes + length(&scales) * scale_size + length(&zps)),
             };
-            self.entries.push(Entry { name, dtype, quantized_bits, origin: format!("row {row}"), shape, nbytes, loc: Loc::Listed });
+            self.entries.push(Entry { name, dtype, stored_as, origin: format!("row {row}"), shape, nbytes, loc: Loc::Listed });
         }
         Ok(())
     }
@@ -374,7 +425,7 @@ impl Checkpoint {
             self.entries.push(Entry {
                 name,
                 dtype,
-                quantized_bits: None,
+                stored_as: None,
                 origin: format!("{} row {row}", path.display()),
                 shape,
                 nbytes: len * dtype.bitsize() / 8,

@@ -40,6 +40,8 @@ pub struct LayerReport {
     pub bytes_copied: usize,
     /// Why a tensor passed through unchanged ("1-D (a bias or norm)", "an embedding", …).
     pub kept_because: Option<String>,
+    /// The GGUF block type a tensor was quantized to (the GGUF job).
+    pub gguf_type: Option<crate::quant::gguf::GgufType>,
 }
 
 impl LayerReport {
@@ -55,6 +57,7 @@ impl LayerReport {
             output_bytes: e.nbytes,
             bytes_copied: 0,
             kept_because: Some(reason),
+            gguf_type: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl LayerReport {
             output_bytes,
             bytes_copied: out.bytes_copied,
             kept_because: None,
+            gguf_type: None,
         }
     }
 }
@@ -136,20 +140,20 @@ fn output_format(path: &Path) -> Result<Format> {
 
 /// The output file while it is written: a hidden temporary beside the final path, removed
 /// unless [`TempOutput::commit`] renames it into place.
-struct TempOutput {
-    temp: PathBuf,
+pub(crate) struct TempOutput {
+    pub(crate) temp: PathBuf,
     target: PathBuf,
     committed: bool,
 }
 
 impl TempOutput {
-    fn create(target: &Path, force: bool) -> Result<(Self, File)> {
+    pub(crate) fn create(target: &Path, force: bool) -> Result<(Self, File)> {
         let temp = temp_beside(target, force)?;
         let file = File::create(&temp).map_err(|e| io_error(target, "write", &e))?;
         Ok((TempOutput { temp, target: target.to_owned(), committed: false }, file))
     }
 
-    fn commit(mut self) -> Result<()> {
+    pub(crate) fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.temp, &self.target).map_err(|e| io_error(&self.target, "write", &e))?;
         self.committed = true;
         Ok(())
@@ -458,7 +462,7 @@ pub fn dequantize_checkpoint(
                 writer.write(name, bytemuck::cast_slice(&values))?;
                 let input_bytes = codes.nbytes + scales.nbytes + zps.map_or(0, |z| z.nbytes);
                 done += input_bytes;
-                let report = LayerReport { name: name.clone(), dtype: Dtype::F32, shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0, kept_because: None };
+                let report = LayerReport { name: name.clone(), dtype: Dtype::F32, shape, quantized: true, stats: None, input_bytes, output_bytes: values.len() * 4, bytes_copied: 0, kept_because: None, gguf_type: None };
                 pool.recycle_floats(values);
                 report
             }

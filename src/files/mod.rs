@@ -5,6 +5,8 @@
 //! The only `unsafe` here is in [`mmap`]: mapping a file, and lending the map to Arrow.
 
 pub mod checkpoint;
+pub mod gguf;
+pub mod gguf_job;
 pub mod job;
 pub mod mmap;
 pub mod model_folder;

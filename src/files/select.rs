@@ -36,6 +36,9 @@ const OUTPUT_HEADS: [&str; 2] = ["lm_head", "embed_out"];
 
 /// `Ok(())` to quantize `e`, or the reason it passes through unchanged.
 pub fn decide(e: &Entry, format: Option<ServingFormat>, spec: &QuantSpec, choice: &Choice) -> Result<(), String> {
+    if let Some(stored) = &e.stored_as {
+        return Err(format!("already quantized ({stored})"));
+    }
     if e.float_dtype().is_none() {
         return Err(format!("not a float tensor ({:?})", e.dtype));
     }

@@ -13,6 +13,7 @@ use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::error::Error;
 use crate::files::checkpoint::{Checkpoint, Entry};
 use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport};
+use crate::files::gguf_job::{quantize_gguf_file, GgufTarget};
 use crate::files::model_folder::{quantize_model_folder, FolderJob};
 use crate::files::select::Choice;
 use crate::serving::ServingFormat;
@@ -23,7 +24,9 @@ fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Boun
     d.set_item("dtype", format!("{:?}", r.dtype))?;
     d.set_item("shape", &r.shape)?;
     d.set_item("quantized", r.quantized)?;
+    let bits = r.gguf_type.map_or(bits, |t| t.bits());
     d.set_item("bits", if r.quantized { Some(bits) } else { None })?;
+    d.set_item("gguf_type", r.gguf_type.map(|t| t.name()))?;
     d.set_item("sqnr_db", r.stats.map(|s| s.sqnr_db))?;
     d.set_item("max_abs_error", r.stats.map(|s| s.max_abs_error))?;
     d.set_item("mse", r.stats.map(|s| s.mse))?;
@@ -100,7 +103,7 @@ fn choice_of(value: &Bound<'_, PyAny>) -> PyResult<Choice> {
 /// `quantize_file(input, output, spec, format, scale_dtype_given, force, select, progress)`:
 /// returns one report dict per tensor, in file order.
 #[pyfunction]
-#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, force=false, select=None, progress=None))]
+#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, force=false, select=None, progress=None, gguf_type=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn quantize_file<'py>(
     py: Python<'py>,
@@ -112,9 +115,11 @@ pub fn quantize_file<'py>(
     force: bool,
     select: Option<Py<PyAny>>,
     progress: Option<Py<PyAny>>,
+    gguf_type: Option<&str>,
 ) -> PyResult<Bound<'py, PyList>> {
     let spec = spec_from_tuple(spec)?;
     let format = ServingFormat::parse(format).map_err(|e| to_pyerr(py, e.into(), None))?;
+    let gguf_target = gguf_type.map(GgufTarget::parse).transpose().map_err(|e| to_pyerr(py, e.into(), None))?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
         let select_error = std::sync::Mutex::new(None::<PyErr>);
@@ -131,9 +136,10 @@ pub fn quantize_file<'py>(
         let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
             report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
         };
-        let result = match format {
-            None => quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer),
-            Some(format) => {
+        let result = match (gguf_target, format) {
+            (Some(target), _) => quantize_gguf_file(&input, &output, target, force, &select_fn, &mut on_layer),
+            (None, None) => quantize_checkpoint(&input, &output, &spec, force, &select_fn, &mut on_layer),
+            (None, Some(format)) => {
                 let job = FolderJob { format, spec, scale_dtype_given, force, select: &select_fn };
                 quantize_model_folder(&input, &output, &job, &mut on_layer)
             }
@@ -188,8 +194,8 @@ pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
     for e in ck.entries() {
         let t = PyDict::new(py);
         t.set_item("name", &e.name)?;
-        t.set_item("dtype", match e.quantized_bits {
-            Some(bits) => format!("Q{bits}"),
+        t.set_item("dtype", match &e.stored_as {
+            Some(label) => label.clone(),
             None => format!("{:?}", e.dtype),
         })?;
         t.set_item("shape", &e.shape)?;
