@@ -30,3 +30,11 @@ def no_leaked_exports():
     yield
     gc.collect()
     assert _native._live_exports() == before
+
+
+@pytest.fixture(scope="session")
+def ggml(tmp_path_factory):
+    """ggml's reference quantizers, built once per session (tests/python/ggml_reference.py)."""
+    from ggml_reference import Reference, build
+
+    return Reference(build(tmp_path_factory.mktemp("ggml")))

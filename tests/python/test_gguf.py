@@ -12,15 +12,10 @@ import torch
 from gguf import GGMLQuantizationType
 
 import quantbridge as qb
-from ggml_reference import BLOCK, Reference, build
+from ggml_reference import BLOCK
 
 TYPES = list(BLOCK)
 GGUF_PY_QUANTIZES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
-
-
-@pytest.fixture(scope="session")
-def ggml(tmp_path_factory) -> Reference:
-    return Reference(build(tmp_path_factory.mktemp("ggml")))
 
 
 def _codes(q) -> np.ndarray:
