@@ -98,7 +98,7 @@ impl<'a> Engine<'a> {
     /// Quantize `view` to the GGUF block type `ty` (ggml's arithmetic, not the SPEC's);
     /// with `stats`, the error statistics of its dequantization (an extra read and decode).
     pub fn quantize_gguf(&self, view: &TensorView<'_>, ty: super::gguf::GgufType, stats: bool) -> Result<Quantized> {
-        let mut q = super::gguf::quantize(view, ty, self.alloc)?;
+        let mut q = super::gguf::quantize(view, ty, self.alloc, self.kernel.avx2())?;
         if stats {
             let source = super::read_row_major(view);
             let restored = self.dequantize(&q)?;

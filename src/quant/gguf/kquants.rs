@@ -11,7 +11,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round to nearest (even) through the float adder, with its
 /// out-of-range behaviour (|x| > 4194303 wraps) reproduced bit for bit.
-#[inline]
+#[inline(always)]
 fn nearest_int(x: f32) -> i32 {
     let val = x + 12_582_912.0f32;
     (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
@@ -24,7 +24,8 @@ fn f16_round(x: f32) -> f32 {
 /// ggml's `make_qkx2_quants`: codes `l` in `0..=nmax` and `(scale, −min)` for `x`, the
 /// weighted least-squares refinement over `nstep + 1` candidate scales.
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l_out: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+#[inline(always)]
+fn make_qkx2_quants(nmax: i32, x: &[f32; 32], weights: &[f32; 32], l_out: &mut [u8; 32], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -45,7 +46,7 @@ fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l_out: &mut [u8], rmi
         min = 0.0;
     }
     if max == min {
-        l_out[..n].fill(0);
+        l_out.fill(0);
         return (0.0, -min);
     }
     let mut iscale = nmax as f32 / (max - min);
@@ -83,7 +84,7 @@ fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l_out: &mut [u8], rmi
                 cur_error += weights[i] * (diff * diff);
             }
             if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
+                *l_out = laux;
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -95,7 +96,8 @@ fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l_out: &mut [u8], rmi
 
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (what Q6_K uses):
 /// signed codes stored as `l + nmax` and the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
+#[inline(always)]
+fn make_qx_quants(nmax: i32, x: &[f32; 16], l_out: &mut [i8; 16]) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -105,7 +107,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
         }
     }
     if amax < GROUP_MAX_EPS {
-        l_out[..n].fill(0);
+        l_out.fill(0);
         return 0.0;
     }
     let mut iscale = -(nmax as f32) / max;
@@ -146,6 +148,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8]) -> f32 {
 }
 
 /// The 6-bit scales and mins of the eight sub-blocks, packed into 12 bytes as ggml packs them.
+#[inline(always)]
 fn pack_scales_mins(scales: &[f32; 8], mins: &[f32; 8], out: &mut [u8]) -> (f32, f32) {
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
@@ -168,6 +171,7 @@ fn pack_scales_mins(scales: &[f32; 8], mins: &[f32; 8], out: &mut [u8]) -> (f32,
 }
 
 /// ggml's `get_scale_min_k4`.
+#[inline(always)]
 fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -179,12 +183,14 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 /// Codes of one super-block for Q4_K / Q5_K: the sub-block fits, their scales packed, then
 /// every code recomputed from the stored (rounded) scales, as ggml does. Writes `d`, `dmin`
 /// and the 12 scale bytes into `head` (16 bytes) and returns the codes.
+#[inline(always)]
 fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
+    let x: &[f32; QK_K] = x.try_into().expect("a super-block");
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
     let mut weights = [0f32; 32];
     for j in 0..8 {
-        let sub = &x[32 * j..32 * j + 32];
+        let sub: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
         let mut sum_x2 = 0f32;
         for &v in sub {
             sum_x2 += v * v;
@@ -193,7 +199,8 @@ fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -
         for (w, &v) in weights.iter_mut().zip(sub) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(nmax, sub, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep);
+        let codes: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 codes");
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, sub, &weights, codes, rmin, 0.1, nstep);
     }
     let (max_scale, max_min) = pack_scales_mins(&scales, &mins, &mut head[4..16]);
     head[..2].copy_from_slice(&f16::from_f32(max_scale / 63.0).to_le_bytes());
@@ -214,6 +221,7 @@ fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -
 }
 
 /// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles. 144 bytes.
+#[inline(always)]
 pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
     let l = k_block_codes(x, 15, -1.0, 20, &mut out[..16]);
     let qs = &mut out[16..144];
@@ -225,6 +233,7 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// Q5_K: as Q4_K plus 32 bytes of fifth bits. 176 bytes.
+#[inline(always)]
 pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
     let l = k_block_codes(x, 31, -0.5, 15, &mut out[..16]);
     let (qh, ql) = out[16..176].split_at_mut(32);
@@ -250,12 +259,16 @@ pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, `d` (f16). 210 bytes.
+#[inline(always)]
 pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+    let x: &[f32; QK_K] = x.try_into().expect("a super-block");
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for ib in 0..16 {
-        let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        let sub: &[f32; 16] = x[16 * ib..16 * ib + 16].try_into().expect("16 values");
+        let codes: &mut [i8; 16] = (&mut l[16 * ib..16 * ib + 16]).try_into().expect("16 codes");
+        let scale = make_qx_quants(32, sub, codes);
         scales[ib] = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();

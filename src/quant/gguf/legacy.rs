@@ -16,20 +16,63 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// The signed value of largest magnitude (the first one on ties), as ggml picks it.
-fn signed_absmax(x: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+/// Largest |x| of a block: eight independent lanes, so it vectorizes.
+#[inline(always)]
+fn absmax(x: &[f32]) -> f32 {
+    let x = block(x);
+    let mut lanes = [0f32; 8];
+    for i in 0..QK / 8 {
+        for k in 0..8 {
+            let a = x[8 * i + k].abs();
+            lanes[k] = if a > lanes[k] { a } else { lanes[k] };
         }
     }
-    max
+    lanes.iter().fold(0f32, |m, &a| if a > m { a } else { m })
 }
 
+/// A block as a fixed-size array, so the loops over it have no bounds checks and vectorize.
+#[inline(always)]
+fn block(x: &[f32]) -> &[f32; QK] {
+    x.try_into().expect("blocks are QK values")
+}
+
+/// The signed value of largest magnitude, the first one on ties, as ggml picks it.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> f32 {
+    let amax = absmax(x);
+    if amax == 0.0 {
+        return 0.0; // ggml's starting value, +0.0, whatever the zeros' signs
+    }
+    // The first index holding it, found without branches (lane-wise minimum of indices).
+    let x = block(x);
+    let mut first = [QK as u32; 8];
+    for i in 0..QK / 8 {
+        for k in 0..8 {
+            let j = (8 * i + k) as u32;
+            let hit = x[8 * i + k].abs() == amax;
+            first[k] = if hit && j < first[k] { j } else { first[k] };
+        }
+    }
+    x[first.iter().copied().min().unwrap_or(0) as usize]
+}
+
+/// Smallest and largest value of a block, in eight lanes.
+#[inline(always)]
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    let x = block(x);
+    let (mut lo, mut hi) = ([x[0]; 8], [x[0]; 8]);
+    for i in 0..QK / 8 {
+        for k in 0..8 {
+            let v = x[8 * i + k];
+            lo[k] = if v < lo[k] { v } else { lo[k] };
+            hi[k] = if v > hi[k] { v } else { hi[k] };
+        }
+    }
+    let min = lo.iter().fold(lo[0], |m, &v| if v < m { v } else { m });
+    let max = hi.iter().fold(hi[0], |m, &v| if v > m { v } else { m });
+    // ggml keeps the first of equal values; only a zero's sign can tell them apart.
+    let first_zero = || x.iter().copied().find(|&v| v == 0.0).unwrap_or(0.0);
+    (if min == 0.0 { first_zero() } else { min }, if max == 0.0 { first_zero() } else { max })
 }
 
 /// C's float → integer conversion as x86-64 compiles it (`cvttss2si`): truncation, and
@@ -46,8 +89,31 @@ fn c_to_i32(v: f32) -> i32 {
 }
 
 /// ggml's `MIN(max, (int8_t)(v))` stored into a `uint8_t`.
+#[inline(always)]
 fn code(v: f32, max: i32) -> u8 {
     (c_to_i32(v) as i8 as i32).min(max) as u8
+}
+
+/// [`code`] for a block whose `1/d` is finite: every argument then lies in `[0, 2·max + 1)`,
+/// where C's conversion is a truncation. Converted through the float adder (2^23 + n holds
+/// n in its low mantissa bits) instead of Rust's saturating `as`, so the loop vectorizes.
+#[inline(always)]
+fn code_in_range(v: f32, max: f32) -> u8 {
+    let t = v.trunc();
+    let t = if t < max { t } else { max };
+    ((t + 8_388_608.0).to_bits() & 0xff) as u8
+}
+
+/// Codes of a block whose `1/d` is finite: `code_in_range(x·scale + offset)`, or
+/// `code_in_range((x − min)·scale + offset)` for the types with a minimum.
+#[inline(always)]
+fn codes_in_range(x: &[f32], min: f32, scale: f32, offset: f32, max: f32) -> [u8; QK] {
+    let x = block(x);
+    let mut q = [0u8; QK];
+    for j in 0..QK {
+        q[j] = code_in_range((x[j] - min) * scale + offset, max);
+    }
+    q
 }
 
 fn inverse(d: f32) -> f32 {
@@ -60,28 +126,37 @@ fn inverse(d: f32) -> f32 {
 
 /// Q4_0: `d` (f16) = signed absmax / −8; codes `trunc(x/d + 8.5)` clamped to 15, nibbles
 /// `q[j] | q[j+16] << 4`. 18 bytes.
+#[inline(always)]
 pub fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
     out[..2].copy_from_slice(&f16_bytes(d));
+    let q = if id.is_finite() {
+        // x − 0 is x for every x but −0, and −0·id + 8.5 = +0·id + 8.5.
+        codes_in_range(x, 0.0, id, 8.5, 15.0)
+    } else {
+        std::array::from_fn(|j| code(x[j] * id + 8.5, 15))
+    };
     for j in 0..QK / 2 {
-        let q0 = code(x[j] * id + 8.5, 15);
-        let q1 = code(x[j + QK / 2] * id + 8.5, 15);
-        out[2 + j] = q0 | (q1 << 4);
+        out[2 + j] = q[j] | (q[j + QK / 2] << 4);
     }
 }
 
 /// Q4_1: `d` = (max − min) / 15 and `m` = min (f16 each); codes `trunc((x − min)/d + 0.5)`. 20 bytes.
+#[inline(always)]
 pub fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = inverse(d);
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
+    let q = if id.is_finite() {
+        codes_in_range(x, min, id, 0.5, 15.0)
+    } else {
+        std::array::from_fn(|j| code((x[j] - min) * id + 0.5, 15))
+    };
     for j in 0..QK / 2 {
-        let q0 = code((x[j] - min) * id + 0.5, 15);
-        let q1 = code((x[j + QK / 2] - min) * id + 0.5, 15);
-        out[4 + j] = q0 | (q1 << 4);
+        out[4 + j] = q[j] | (q[j + QK / 2] << 4);
     }
 }
 
@@ -101,27 +176,31 @@ fn low_nibbles(q: &[u8; QK], out: &mut [u8]) {
 }
 
 /// Q5_0: `d` = signed absmax / −16; codes `trunc(x/d + 16.5)` clamped to 31. 22 bytes.
+#[inline(always)]
 pub fn quantize_q5_0(x: &[f32], out: &mut [u8]) {
     let d = signed_absmax(x) / -16.0;
     let id = inverse(d);
-    let mut q = [0u8; QK];
-    for (c, &v) in q.iter_mut().zip(x) {
-        *c = code(v * id + 16.5, 31);
-    }
+    let q = if id.is_finite() {
+        codes_in_range(x, 0.0, id, 16.5, 31.0)
+    } else {
+        std::array::from_fn(|j| code(x[j] * id + 16.5, 31))
+    };
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..6].copy_from_slice(&high_bits(&q));
     low_nibbles(&q, &mut out[6..]);
 }
 
 /// Q5_1: `d` = (max − min) / 31, `m` = min; codes `trunc((x − min)/d + 0.5)`. 24 bytes.
+#[inline(always)]
 pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = inverse(d);
-    let mut q = [0u8; QK];
-    for (c, &v) in q.iter_mut().zip(x) {
-        *c = code((v - min) * id + 0.5, 31);
-    }
+    let q = if id.is_finite() {
+        codes_in_range(x, min, id, 0.5, 31.0)
+    } else {
+        std::array::from_fn(|j| code((x[j] - min) * id + 0.5, 31))
+    };
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
     out[4..8].copy_from_slice(&high_bits(&q));
@@ -129,17 +208,32 @@ pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
 }
 
 /// Q8_0: `d` = absmax / 127; codes `round(x/d)` (half away from zero) as int8. 34 bytes.
+#[inline(always)]
 pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
-    let d = amax / 127.0;
+    let d = absmax(x) / 127.0;
     let id = inverse(d);
     out[..2].copy_from_slice(&f16_bytes(d));
-    for (o, &v) in out[2..].iter_mut().zip(x) {
-        *o = c_to_i32((v * id).round()) as i8 as u8;
+    if id.is_finite() {
+        // |x·id| ≤ 127: `roundf` (half away from zero) written with trunc (y − trunc(y) is
+        // exact), the integer read through the float adder (1.5·2^23 + r holds r in its
+        // low bits), so the loop vectorizes.
+        let x = block(x);
+        let out: &mut [u8; QK] = (&mut out[2..2 + QK]).try_into().expect("34-byte block");
+        for j in 0..QK {
+            let y = x[j] * id;
+            let t = y.trunc();
+            let r = if (y - t).abs() >= 0.5 { t + 1f32.copysign(y) } else { t };
+            out[j] = ((r + 12_582_912.0).to_bits() as i32 - 0x4b40_0000) as i8 as u8;
+        }
+    } else {
+        for (o, &v) in out[2..].iter_mut().zip(x) {
+            *o = c_to_i32((v * id).round()) as i8 as u8;
+        }
     }
 }
 
 /// Q4_0 values: `d · (q − 8)`.
+#[inline(always)]
 pub fn dequantize_q4_0(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
     for j in 0..QK / 2 {
@@ -149,6 +243,7 @@ pub fn dequantize_q4_0(b: &[u8], out: &mut [f32]) {
 }
 
 /// Q4_1 values: `d · q + m`.
+#[inline(always)]
 pub fn dequantize_q4_1(b: &[u8], out: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     for j in 0..QK / 2 {
@@ -163,6 +258,7 @@ fn five_bit(qh: u32, qs: &[u8], j: usize) -> u8 {
 }
 
 /// Q5_0 values: `d · (q − 16)`.
+#[inline(always)]
 pub fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
@@ -172,6 +268,7 @@ pub fn dequantize_q5_0(b: &[u8], out: &mut [f32]) {
 }
 
 /// Q5_1 values: `d · q + m`.
+#[inline(always)]
 pub fn dequantize_q5_1(b: &[u8], out: &mut [f32]) {
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -181,6 +278,7 @@ pub fn dequantize_q5_1(b: &[u8], out: &mut [f32]) {
 }
 
 /// Q8_0 values: `q · d`.
+#[inline(always)]
 pub fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
     let d = f16_at(b, 0);
     for (o, &q) in out.iter_mut().zip(&b[2..]) {
@@ -218,9 +316,22 @@ mod tests {
     }
 
     #[test]
+    fn signed_zeros_are_picked_as_ggml_picks_them() {
+        let mut x = [0f32; 32];
+        x[3] = -0.0;
+        assert_eq!(signed_absmax(&x).to_bits(), 0f32.to_bits());
+        x[9] = 2.0;
+        let (min, max) = min_max(&x);
+        assert_eq!((min.to_bits(), max), (0f32.to_bits(), 2.0));
+        x[0] = -0.0;
+        assert_eq!(min_max(&x).0.to_bits(), (-0f32).to_bits());
+    }
+
+    #[test]
     fn conversions_follow_c_on_x86() {
         assert_eq!([c_to_i32(f32::INFINITY), c_to_i32(f32::NAN), c_to_i32(-3.7)], [i32::MIN, i32::MIN, -3]);
         assert_eq!([code(f32::INFINITY, 15), code(16.9, 15), code(3.9, 15)], [0, 15, 3]);
+        assert_eq!([code_in_range(16.9, 15.0), code_in_range(3.9, 15.0), code_in_range(0.2, 15.0)], [15, 3, 0]);
     }
 
     #[test]

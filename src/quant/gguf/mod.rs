@@ -11,6 +11,7 @@ mod legacy;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::quant::simd::Avx2;
 use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, TensorView};
 
 /// A ggml block type.
@@ -172,16 +173,16 @@ const ROWS_PER_TASK_ELEMENTS: usize = 1 << 16;
 
 /// Quantize `view` to `ty`, rows in parallel, into a buffer from `alloc`: a [`Quantized`]
 /// whose `codes` are the blocks, row after row, exactly as a GGUF file stores them.
-pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator) -> Result<Quantized> {
+pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator, cpu: Option<Avx2>) -> Result<Quantized> {
     let (rows, cols) = view.rows_cols();
     ty.check_row(cols)?;
     let row_bytes = ty.row_bytes(cols);
     let mut blocks = alloc.bytes(rows * row_bytes)?;
     match view.dtype() {
-        DType::F32 => quantize_typed::<f32>(view, ty, &mut blocks)?,
-        DType::F16 => quantize_typed::<half::f16>(view, ty, &mut blocks)?,
-        DType::BF16 => quantize_typed::<half::bf16>(view, ty, &mut blocks)?,
-        DType::F64 => quantize_typed::<f64>(view, ty, &mut blocks)?,
+        DType::F32 => quantize_typed::<f32>(view, ty, &mut blocks, cpu)?,
+        DType::F16 => quantize_typed::<half::f16>(view, ty, &mut blocks, cpu)?,
+        DType::BF16 => quantize_typed::<half::bf16>(view, ty, &mut blocks, cpu)?,
+        DType::F64 => quantize_typed::<f64>(view, ty, &mut blocks, cpu)?,
     }
     let (rows, cols) = view.rows_cols();
     let granularity = Granularity::Group(ty.block_size());
@@ -198,11 +199,10 @@ pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator) -> R
     })
 }
 
-fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut [u8]) -> Result<()> {
+fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut [u8], cpu: Option<Avx2>) -> Result<()> {
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (_, cols) = view.rows_cols();
-    let (quantize_block, _) = ty.kernels();
-    let (block, row_bytes) = (ty.block_size(), ty.row_bytes(cols));
+    let row_bytes = ty.row_bytes(cols);
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
     blocks.par_chunks_mut(row_bytes * rows_per_task).enumerate().try_for_each(|(task, out)| {
         let mut row = Vec::with_capacity(cols);
@@ -216,15 +216,48 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
                     &row
                 }
             };
-            if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            if any_non_finite(values) {
+                let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
             }
-            for (x, b) in values.chunks_exact(block).zip(out_row.chunks_exact_mut(ty.type_size())) {
-                quantize_block(x, b);
+            match cpu {
+                // The block functions, inlined here, compiled with AVX2 (ggml's float
+                // operations are not reassociated or fused, so the bytes do not change).
+                Some(cpu) => cpu.vectorize(#[inline(always)] || quantize_row(ty, values, out_row)),
+                None => quantize_row(ty, values, out_row),
             }
         }
         Ok(())
     })
+}
+
+/// One row's blocks; the match is per row and each block function is called directly, so
+/// it is inlined into its loop (and into [`Avx2::vectorize`]'s AVX2 code).
+#[inline(always)]
+fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
+    let (block, size) = (ty.block_size(), ty.type_size());
+    macro_rules! each {
+        ($f:path) => {
+            for b in 0..values.len() / block {
+                $f(&values[b * block..(b + 1) * block], &mut out[b * size..(b + 1) * size]);
+            }
+        };
+    }
+    match ty {
+        GgufType::Q4_0 => each!(legacy::quantize_q4_0),
+        GgufType::Q4_1 => each!(legacy::quantize_q4_1),
+        GgufType::Q5_0 => each!(legacy::quantize_q5_0),
+        GgufType::Q5_1 => each!(legacy::quantize_q5_1),
+        GgufType::Q8_0 => each!(legacy::quantize_q8_0),
+        GgufType::Q4K => each!(kquants::quantize_q4_k),
+        GgufType::Q5K => each!(kquants::quantize_q5_k),
+        GgufType::Q6K => each!(kquants::quantize_q6_k),
+    }
+}
+
+/// Whether any value is NaN or ±inf: an exponent test on the bits, which vectorizes.
+fn any_non_finite(values: &[f32]) -> bool {
+    values.iter().fold(false, |acc, v| acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
 
 /// The float32 values of `blocks` (`rows × cols` of `ty`), as gguf-py's dequantizer gives them.
@@ -264,7 +297,7 @@ mod tests {
     fn rows_must_be_whole_blocks() {
         let data = vec![0f32; 3 * 48];
         let view = TensorView::contiguous(ElemSlice::F32(&data), vec![3, 48]).unwrap();
-        let e = quantize(&view, GgufType::Q4_0, &Fresh).unwrap_err();
+        let e = quantize(&view, GgufType::Q4_0, &Fresh, None).unwrap_err();
         assert!(e.to_string().contains("multiple of 32"), "{e}");
     }
 
@@ -275,7 +308,7 @@ mod tests {
         let copy: Vec<f32> = (0..256).flat_map(|r| (0..64).map(move |c| (r, c))).map(|(r, c)| data[c * 256 + r]).collect();
         let contiguous = TensorView::contiguous(ElemSlice::F32(&copy), vec![256, 64]).unwrap();
         for t in [GgufType::Q4_0, GgufType::Q8_0] {
-            assert_eq!(quantize(&strided, t, &Fresh).unwrap().codes, quantize(&contiguous, t, &Fresh).unwrap().codes);
+            assert_eq!(quantize(&strided, t, &Fresh, None).unwrap().codes, quantize(&contiguous, t, &Fresh, Avx2::detect()).unwrap().codes);
         }
     }
 
@@ -284,6 +317,6 @@ mod tests {
         let mut data = vec![1f32; 2 * 256];
         data[300] = f32::NAN;
         let view = TensorView::contiguous(ElemSlice::F32(&data), vec![2, 256]).unwrap();
-        assert!(matches!(quantize(&view, GgufType::Q4K, &Fresh), Err(Error::NonFinite { index: 300, .. })));
+        assert!(matches!(quantize(&view, GgufType::Q4K, &Fresh, None), Err(Error::NonFinite { index: 300, .. })));
     }
 }
