@@ -56,6 +56,34 @@ def main():
         out.unlink()
     src.unlink()
 
+    # GGUF: an F16 model (what the GGUF job requantizes) and one already quantized.
+    import gguf
+
+    def gguf_bytes(tensors, file_type=1):
+        path = ROOT / "_seed.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_file_type(file_type)
+        writer.add_array("tokenizer.ggml.tokens", ["a", "b"])
+        for name, value in tensors.items():
+            raw = gguf.GGMLQuantizationType.Q8_0 if value.dtype == np.uint8 else None
+            writer.add_tensor(name, value, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        data = path.read_bytes()
+        path.unlink()
+        return data
+
+    wide = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    f16 = gguf_bytes({"blk.0.attn_v.weight": wide.astype(np.float16), "blk.0.attn_norm.weight": wide[0],
+                      "output.weight": wide.astype(np.float16)})
+    q8 = gguf.quantize(wide, gguf.GGMLQuantizationType.Q8_0)
+    quantized = gguf_bytes({"blk.0.ffn_up.weight": q8}, file_type=7)
+    for target in ("gguf", "checkpoint"):
+        put(target, "gguf-f16", f16)
+        put(target, "gguf-q8_0", quantized)
+
     put("engine", "small-2d", bytes([2, 3, 7, 1, 1, 0, 1, 2, 0, 0]) + w.tobytes())
     put("engine", "strided", bytes([2, 5, 6, 256 - 6, 1, 4, 0, 7, 3, 2]) + rng.standard_normal(64).astype(np.float32).tobytes())
     put("engine", "nan", bytes([1, 9, 1, 0, 1, 0, 2, 0]) + np.array([1, np.nan, 2, 3, 4, 5, 6, 7, 8], np.float32).tobytes())
