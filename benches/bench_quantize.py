@@ -136,6 +136,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
+    qb.configure_metrics(degradation_fraction=0.0)  # slow peers and K-quants are expected here
 
     n = args.mib * 2**20 // 4
     cols = 8192
@@ -193,6 +194,34 @@ def main():
     pbase = tp["quantbridge int4 g128 (the peers' baseline)"] = max(tp["quantbridge int4 g128 (the peers' baseline)"], again["again"])
     table += [(name, args.peer_mib, tp[name] * 1e3, tp[name] / pbase) for name in peers]
 
+    # GGUF block types (docs/gguf.md): against our own int4 g128 path in the same run, and
+    # against gguf-py's numpy quantizer where it has one.
+    gguf_rows = {"quantbridge int4 g128 (the GGUF rows' baseline)": lambda: qb.quantize(x)}
+    for t in ("Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1"):
+        gguf_rows[f"quantbridge gguf_type={t}"] = (lambda t: lambda: qb.quantize(x, gguf_type=t))(t)
+    tg = interleaved(gguf_rows, max(3, args.rounds // 2))
+    gbase = tg["quantbridge int4 g128 (the GGUF rows' baseline)"]
+    table += [(name, args.mib, tg[name] * 1e3, tg[name] / gbase) for name in gguf_rows]
+    k_rows = {"quantbridge int4 g128 (the K rows' baseline)": lambda: qb.quantize(px)}
+    for t in ("Q4_K", "Q5_K", "Q6_K"):
+        k_rows[f"quantbridge gguf_type={t}"] = (lambda t: lambda: qb.quantize(px, gguf_type=t))(t)
+    tk = in_blocks(k_rows, 3)
+    kbase = tk["quantbridge int4 g128 (the K rows' baseline)"]
+    table += [(name, args.peer_mib, tk[name] * 1e3, tk[name] / kbase) for name in k_rows]
+    try:
+        import gguf
+
+        vs = {}
+        for t in ("Q4_0", "Q8_0"):
+            vs[f"gguf-py {t}"] = (lambda t: lambda: gguf.quants.quantize(px, gguf.GGMLQuantizationType[t]))(t)
+            vs[f"quantbridge {t} (the gguf-py row's baseline)"] = (lambda t: lambda: qb.quantize(px, gguf_type=t))(t)
+        tv = in_blocks(vs, 3)
+        for t in ("Q4_0", "Q8_0"):
+            ours = tv[f"quantbridge {t} (the gguf-py row's baseline)"]
+            table.append((f"gguf-py {t} (numpy)", args.peer_mib, tv[f"gguf-py {t}"] * 1e3, tv[f"gguf-py {t}"] / ours))
+    except ImportError:
+        pass
+
     small = small_calls(max(3, args.rounds // 2))
 
     if args.markdown:
@@ -208,7 +237,8 @@ def main():
         print(f"{label:<62} {mib:>5} {ms:>10.2f} {r:>7.2f}x")
     for label, us in small:
         print(f"{label:<62} {'':>5} {us:>8.1f} µs")
-    print("ratios: quantbridge rows vs np.copyto of the same array; peer rows vs quantbridge on the peer tensor")
+    print("ratios: quantbridge rows vs np.copyto of the same array; peer rows vs quantbridge on the peer tensor;")
+    print("        gguf_type rows vs quantbridge int4 g128 of the same array; gguf-py rows vs quantbridge's same type")
 
 
 if __name__ == "__main__":
