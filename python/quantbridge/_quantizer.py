@@ -80,6 +80,7 @@ class Quantizer:
 
     @staticmethod
     def _legacy_entry(q: QuantizedTensor) -> dict[str, Any]:
+        assert q.scales is not None, "Quantizer results use the SPEC math, which always has scales"
         scales = _floats(q.scales)
         if q.zero_points is not None:
             zero_points = [float(z) for z in q.zero_points.tobytes()]
