@@ -216,15 +216,16 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
                     &row
                 }
             };
-            if any_non_finite(values) {
+            let finite = match cpu {
+                // The check and the block functions, inlined here, compiled with AVX2
+                // (ggml's float operations are not reassociated or fused, so the bytes do
+                // not change).
+                Some(cpu) => cpu.vectorize(#[inline(always)] || checked_row(ty, values, out_row)),
+                None => checked_row(ty, values, out_row),
+            };
+            if !finite {
                 let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
-            }
-            match cpu {
-                // The block functions, inlined here, compiled with AVX2 (ggml's float
-                // operations are not reassociated or fused, so the bytes do not change).
-                Some(cpu) => cpu.vectorize(#[inline(always)] || quantize_row(ty, values, out_row)),
-                None => quantize_row(ty, values, out_row),
             }
         }
         Ok(())
@@ -255,7 +256,18 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Quantize a row whose values are all finite; `false` (and nothing written) otherwise.
+#[inline(always)]
+fn checked_row(ty: GgufType, values: &[f32], out: &mut [u8]) -> bool {
+    if any_non_finite(values) {
+        return false;
+    }
+    quantize_row(ty, values, out);
+    true
+}
+
 /// Whether any value is NaN or ±inf: an exponent test on the bits, which vectorizes.
+#[inline(always)]
 fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |acc, v| acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
