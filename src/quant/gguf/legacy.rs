@@ -36,14 +36,22 @@ fn block(x: &[f32]) -> &[f32; QK] {
     x.try_into().expect("blocks are QK values")
 }
 
-/// The signed value of largest magnitude, the first one on ties, as ggml picks it.
+/// The signed value of largest magnitude, the first one on ties, as ggml picks it. The
+/// block's minimum and maximum decide unless they tie in magnitude (then the first index
+/// holding that magnitude does, found without branches).
 #[inline(always)]
 fn signed_absmax(x: &[f32]) -> f32 {
-    let amax = absmax(x);
+    let (lo, hi) = raw_min_max(x);
+    if hi > -lo {
+        return hi;
+    }
+    if -lo > hi {
+        return lo;
+    }
+    let amax = hi;
     if amax == 0.0 {
         return 0.0; // ggml's starting value, +0.0, whatever the zeros' signs
     }
-    // The first index holding it, found without branches (lane-wise minimum of indices).
     let x = block(x);
     let mut first = [QK as u32; 8];
     for i in 0..QK / 8 {
@@ -56,9 +64,18 @@ fn signed_absmax(x: &[f32]) -> f32 {
     x[first.iter().copied().min().unwrap_or(0) as usize]
 }
 
-/// Smallest and largest value of a block, in eight lanes.
+/// Smallest and largest value of a block, as ggml picks them (see [`raw_min_max`]).
 #[inline(always)]
 fn min_max(x: &[f32]) -> (f32, f32) {
+    let (min, max) = raw_min_max(x);
+    // ggml keeps the first of equal values; only a zero's sign can tell them apart.
+    let first_zero = || x.iter().copied().find(|&v| v == 0.0).unwrap_or(0.0);
+    (if min == 0.0 { first_zero() } else { min }, if max == 0.0 { first_zero() } else { max })
+}
+
+/// Smallest and largest value of a block, in eight lanes (a zero's sign is arbitrary).
+#[inline(always)]
+fn raw_min_max(x: &[f32]) -> (f32, f32) {
     let x = block(x);
     let (mut lo, mut hi) = ([x[0]; 8], [x[0]; 8]);
     for i in 0..QK / 8 {
@@ -70,9 +87,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
     }
     let min = lo.iter().fold(lo[0], |m, &v| if v < m { v } else { m });
     let max = hi.iter().fold(hi[0], |m, &v| if v > m { v } else { m });
-    // ggml keeps the first of equal values; only a zero's sign can tell them apart.
-    let first_zero = || x.iter().copied().find(|&v| v == 0.0).unwrap_or(0.0);
-    (if min == 0.0 { first_zero() } else { min }, if max == 0.0 { first_zero() } else { max })
+    (min, max)
 }
 
 /// C's float → integer conversion as x86-64 compiles it (`cvttss2si`): truncation, and
@@ -313,6 +328,18 @@ mod tests {
         let mut b = [0u8; 34];
         quantize_q8_0(&x, &mut b);
         assert_eq!((b[2] as i8, b[3] as i8, b[4] as i8), (127, 3, -3));
+    }
+
+    #[test]
+    fn the_first_of_two_opposite_maxima_wins() {
+        let mut x = [0.5f32; 32];
+        x[7] = -3.0;
+        x[20] = 3.0;
+        assert_eq!(signed_absmax(&x), -3.0);
+        x[2] = 3.0;
+        assert_eq!(signed_absmax(&x), 3.0);
+        x[2] = -2.0;
+        assert_eq!(signed_absmax(&x), -3.0);
     }
 
     #[test]
