@@ -96,18 +96,12 @@ impl<'a> Engine<'a> {
     }
 
     /// Quantize `view` to the GGUF block type `ty` (ggml's arithmetic, not the SPEC's);
-    /// with `stats`, the error statistics of its dequantization (an extra read and decode).
+    /// with `stats`, the error statistics of its dequantization (an extra read and decode,
+    /// one row at a time).
     pub fn quantize_gguf(&self, view: &TensorView<'_>, ty: super::gguf::GgufType, stats: bool) -> Result<Quantized> {
         let mut q = super::gguf::quantize(view, ty, self.alloc, self.kernel.avx2())?;
         if stats {
-            let source = super::read_row_major(view);
-            let restored = self.dequantize(&q)?;
-            let mut acc = super::StatsAcc::default();
-            for (&x, &y) in source.iter().zip(&restored) {
-                acc.add(x, y);
-            }
-            q.stats = Some(acc.finish(source.len()));
-            self.alloc.recycle_floats(restored);
+            q.stats = Some(super::gguf::stats(view, &q.codes, ty)?);
         }
         Ok(q)
     }

@@ -105,6 +105,9 @@ def test_the_result_is_a_quantized_tensor_of_blocks():
     assert (q.gguf_type, q.scales, q.zero_points, q.shape) == ("Q4_K", None, None, (4, 512))
     assert q.codes.dtype == "uint8" and q.nbytes == 4 * 2 * 144
     assert q.stats["sqnr_db"] > 15
+    error = x.astype(np.float64) - np.from_dlpack(q.dequantize())
+    assert q.stats["mse"] == pytest.approx(np.mean(error**2), rel=1e-9)
+    assert q.stats["max_abs_error"] == pytest.approx(np.abs(error).max(), rel=1e-6)
     assert "gguf_type=Q4_K" in repr(q)
     assert qb.quantize(x, bits=4).gguf_type is None
 

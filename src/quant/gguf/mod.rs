@@ -272,6 +272,36 @@ fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |acc, v| acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
 
+/// Error statistics of `blocks` (the quantization of `view` to `ty`), row by row in order
+/// (deterministic, and no more memory than two rows of float32).
+pub fn stats(view: &TensorView<'_>, blocks: &[u8], ty: GgufType) -> Result<crate::quant::Stats> {
+    match view.dtype() {
+        DType::F32 => stats_typed::<f32>(view, blocks, ty),
+        DType::F16 => stats_typed::<half::f16>(view, blocks, ty),
+        DType::BF16 => stats_typed::<half::bf16>(view, blocks, ty),
+        DType::F64 => stats_typed::<f64>(view, blocks, ty),
+    }
+}
+
+fn stats_typed<T: Element>(view: &TensorView<'_>, blocks: &[u8], ty: GgufType) -> Result<crate::quant::Stats> {
+    let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
+    let (rows, cols) = view.rows_cols();
+    let row_bytes = ty.row_bytes(cols);
+    let (_, dequantize_block) = ty.kernels();
+    let (mut source, mut restored) = (Vec::with_capacity(cols), vec![0f32; cols]);
+    let mut acc = crate::quant::StatsAcc::default();
+    for (r, bytes) in blocks.chunks_exact(row_bytes).enumerate().take(rows) {
+        data.read_run(data.row_offset(r), 0, cols, &mut source);
+        for (b, v) in bytes.chunks_exact(ty.type_size()).zip(restored.chunks_exact_mut(ty.block_size())) {
+            dequantize_block(b, v);
+        }
+        for (&x, &y) in source.iter().zip(&restored) {
+            acc.add(x, y);
+        }
+    }
+    Ok(acc.finish(rows * cols))
+}
+
 /// The float32 values of `blocks` (`rows × cols` of `ty`), as gguf-py's dequantizer gives them.
 pub fn dequantize(blocks: &[u8], ty: GgufType, cols: usize, alloc: &dyn Allocator) -> Result<Vec<f32>> {
     ty.check_row(cols)?;
