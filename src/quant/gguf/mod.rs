@@ -35,7 +35,6 @@ pub enum GgufType {
     Q6K,
 }
 
-type QuantizeBlock = fn(&[f32], &mut [u8]);
 type DequantizeBlock = fn(&[u8], &mut [f32]);
 
 impl GgufType {
@@ -118,16 +117,26 @@ impl GgufType {
         }
     }
 
-    fn kernels(self) -> (QuantizeBlock, DequantizeBlock) {
+    /// The block dequantizer. (Quantizers are called by name in [`quantize_row`], so they
+    /// inline into the AVX2 code.)
+    fn dequantizer(self) -> DequantizeBlock {
         match self {
-            GgufType::Q4_0 => (legacy::quantize_q4_0, legacy::dequantize_q4_0),
-            GgufType::Q4_1 => (legacy::quantize_q4_1, legacy::dequantize_q4_1),
-            GgufType::Q5_0 => (legacy::quantize_q5_0, legacy::dequantize_q5_0),
-            GgufType::Q5_1 => (legacy::quantize_q5_1, legacy::dequantize_q5_1),
-            GgufType::Q8_0 => (legacy::quantize_q8_0, legacy::dequantize_q8_0),
-            GgufType::Q4K => (kquants::quantize_q4_k, kquants::dequantize_q4_k),
-            GgufType::Q5K => (kquants::quantize_q5_k, kquants::dequantize_q5_k),
-            GgufType::Q6K => (kquants::quantize_q6_k, kquants::dequantize_q6_k),
+            GgufType::Q4_0 => legacy::dequantize_q4_0,
+            GgufType::Q4_1 => legacy::dequantize_q4_1,
+            GgufType::Q5_0 => legacy::dequantize_q5_0,
+            GgufType::Q5_1 => legacy::dequantize_q5_1,
+            GgufType::Q8_0 => legacy::dequantize_q8_0,
+            GgufType::Q4K => kquants::dequantize_q4_k,
+            GgufType::Q5K => kquants::dequantize_q5_k,
+            GgufType::Q6K => kquants::dequantize_q6_k,
+        }
+    }
+
+    /// Decode whole rows' `bytes` into `values` (as many values as the blocks hold).
+    fn dequantize_into(self, bytes: &[u8], values: &mut [f32]) {
+        let decode = self.dequantizer();
+        for (b, v) in bytes.chunks_exact(self.type_size()).zip(values.chunks_exact_mut(self.block_size())) {
+            decode(b, v);
         }
     }
 
@@ -287,14 +296,11 @@ fn stats_typed<T: Element>(view: &TensorView<'_>, blocks: &[u8], ty: GgufType) -
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (rows, cols) = view.rows_cols();
     let row_bytes = ty.row_bytes(cols);
-    let (_, dequantize_block) = ty.kernels();
     let (mut source, mut restored) = (Vec::with_capacity(cols), vec![0f32; cols]);
     let mut acc = crate::quant::StatsAcc::default();
     for (r, bytes) in blocks.chunks_exact(row_bytes).enumerate().take(rows) {
         data.read_run(data.row_offset(r), 0, cols, &mut source);
-        for (b, v) in bytes.chunks_exact(ty.type_size()).zip(restored.chunks_exact_mut(ty.block_size())) {
-            dequantize_block(b, v);
-        }
+        ty.dequantize_into(bytes, &mut restored);
         for (&x, &y) in source.iter().zip(&restored) {
             acc.add(x, y);
         }
@@ -311,13 +317,10 @@ pub fn dequantize(blocks: &[u8], ty: GgufType, cols: usize, alloc: &dyn Allocato
     }
     let rows = blocks.len() / row_bytes;
     let mut out = alloc.floats(rows * cols)?;
-    let (_, dequantize_block) = ty.kernels();
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    out.par_chunks_mut(cols * rows_per_task).zip(blocks.par_chunks(row_bytes * rows_per_task)).for_each(|(values, bytes)| {
-        for (b, v) in bytes.chunks_exact(ty.type_size()).zip(values.chunks_exact_mut(ty.block_size())) {
-            dequantize_block(b, v);
-        }
-    });
+    out.par_chunks_mut(cols * rows_per_task)
+        .zip(blocks.par_chunks(row_bytes * rows_per_task))
+        .for_each(|(values, bytes)| ty.dequantize_into(bytes, values));
     Ok(out)
 }
 
