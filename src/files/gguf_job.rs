@@ -11,9 +11,9 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::gguf::{self, KeyValue, TensorType};
 use crate::files::io_error;
 use crate::files::job::{in_tensor, LayerReport, TempOutput};
-use crate::files::select::Choice;
+use crate::files::select::{decide, Choice};
 use crate::quant::gguf::GgufType;
-use crate::quant::{BufferPool, Engine, Kernel};
+use crate::quant::{BufferPool, Engine, Kernel, QuantSpec};
 
 /// What `--gguf-type` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,15 +126,12 @@ fn plan(ck: &Checkpoint, header: &gguf::Header, target: GgufTarget, select: &dyn
         .iter()
         .zip(&header.tensors)
         .map(|(e, info)| {
-            if e.float_dtype().is_none() {
-                return Err(format!("not a float tensor ({})", info.ty.name()));
-            }
-            match select(e) {
-                Choice::Keep(reason) => return Err(reason),
-                Choice::Include => {}
-                Choice::Default if e.shape.len() < 2 => return Err("1-D (a bias or norm)".into()),
-                Choice::Default if !e.name.ends_with(".weight") => return Err("not a *.weight".into()),
-                Choice::Default => {}
+            // The shared rules first (not float, empty, the caller's patterns, 1-D), with
+            // quantbridge's own default; GGUF's default also wants a `*.weight`.
+            let choice = select(e);
+            decide(e, None, &QuantSpec::default(), &choice)?;
+            if choice == Choice::Default && !e.name.ends_with(".weight") {
+                return Err("not a *.weight".into());
             }
             let cols = info.dims[0] as usize;
             let ty = mixture_type(target, &e.name, n_layers);
