@@ -144,12 +144,6 @@ def quantize_file(
             format cannot store (e.g. an MLX group size other than 32, 64 or 128).
         OSError: a missing input, an existing output without ``force``, an unwritable path.
     """
-    if format not in FORMATS:
-        found, expected = f"format {format!r}", f"one of {', '.join(FORMATS)}"
-        fix = "pass format='compressed-tensors' (vLLM, transformers) or format='mlx' (mlx-lm)"
-        error = ValidationError(f"found {found}; expected {expected}. Fix: {fix}")
-        error.layer, error.found, error.expected, error.fix = "", found, expected, fix
-        raise error
     source = default_checkpoint() if input is None else Path(input)
     spec = _spec(bits, group_size, symmetric, granularity, scale_dtype or "float32")
     return _native.quantize_file(

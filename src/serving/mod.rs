@@ -65,7 +65,7 @@ impl ServingFormat {
             other => Err(Error::validation(
                 format!("format {other:?}"),
                 format!("one of {}", Self::NAMES),
-                "pass --format compressed-tensors (vLLM, SGLang, transformers) or --format mlx (mlx-lm)",
+                "pick compressed-tensors (vLLM, SGLang, transformers), mlx (mlx-lm) or quantbridge",
             )),
         }
     }
