@@ -258,7 +258,8 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
         GgufType::Q4_1 => each!(legacy::quantize_q4_1),
         GgufType::Q5_0 => each!(legacy::quantize_q5_0),
         GgufType::Q5_1 => each!(legacy::quantize_q5_1),
-        GgufType::Q8_0 => each!(legacy::quantize_q8_0),
+        // Whole rows: it batches its scale divisions across blocks.
+        GgufType::Q8_0 => legacy::quantize_q8_0(values, out),
         GgufType::Q4K => each!(kquants::quantize_q4_k),
         GgufType::Q5K => each!(kquants::quantize_q5_k),
         GgufType::Q6K => each!(kquants::quantize_q6_k),
