@@ -222,6 +222,24 @@ def main():
     except ImportError:
         pass
 
+    # The original system's API (docs/compat.md): ArrowQuantV2.quantize_batch on 100 layers
+    # of 4 MiB against qb.quantize_batch of the same layers and the same (per-tensor,
+    # unpacked) spec, interleaved; the gap is the result dicts it builds.
+    from arrow_quant_v2 import ArrowQuantV2
+
+    rng = np.random.default_rng(2)
+    layers = {f"layer.{i}": rng.standard_normal((1024, 1024), dtype=np.float32) for i in range(100)}
+    legacy = ArrowQuantV2()
+    compat_rows = {
+        "qb.quantize_batch, 100 x 4 MiB, per-tensor unpacked (the compat row's baseline)":
+            lambda: qb.quantize_batch(layers, bits=4, granularity="tensor", group_size=None, pack=False),
+        "arrow_quant_v2.ArrowQuantV2.quantize_batch, same layers": lambda: legacy.quantize_batch(layers, 4),
+    }
+    tc = interleaved(compat_rows, max(5, args.rounds))
+    cbase = tc["qb.quantize_batch, 100 x 4 MiB, per-tensor unpacked (the compat row's baseline)"]
+    table += [(name, 400, tc[name] * 1e3, tc[name] / cbase) for name in compat_rows]
+    del layers
+
     small = small_calls(max(3, args.rounds // 2))
 
     if args.markdown:
@@ -238,7 +256,8 @@ def main():
     for label, us in small:
         print(f"{label:<62} {'':>5} {us:>8.1f} µs")
     print("ratios: quantbridge rows vs np.copyto of the same array; peer rows vs quantbridge on the peer tensor;")
-    print("        gguf_type rows vs quantbridge int4 g128 of the same array; gguf-py rows vs quantbridge's same type")
+    print("        gguf_type rows vs quantbridge int4 g128 of the same array; gguf-py rows vs quantbridge's same type;")
+    print("        the ArrowQuantV2 row vs qb.quantize_batch of the same layers")
 
 
 if __name__ == "__main__":

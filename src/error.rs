@@ -55,7 +55,7 @@ impl Error {
         match self {
             Error::Validation(p) => Some(p.clone()),
             Error::NonFinite { index, value } => Some(Problem {
-                found: format!("a non-finite value ({value}) at flat index {index}"),
+                found: format!("a tensor that contains NaN or Inf ({value} at index {index}, flat row-major)"),
                 expected: "only finite values".into(),
                 fix: "replace NaN/Inf before quantizing (e.g. numpy.nan_to_num or torch.nan_to_num)".into(),
             }),

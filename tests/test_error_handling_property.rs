@@ -38,7 +38,7 @@ proptest! {
             let expected: usize = eval(py, &ns, "expected").unwrap().extract().unwrap();
             prop_assert_eq!(index, expected);
             let msg: String = eval(py, &ns, "str(err)").unwrap().extract().unwrap();
-            prop_assert!(msg.contains("layer 'layer.w'") && msg.contains(&format!("flat index {expected}")) && msg.contains("Fix:"), "{}", msg);
+            prop_assert!(msg.contains("layer 'layer.w'") && msg.contains(&format!("at index {expected}, flat row-major")) && msg.contains("contains NaN or Inf") && msg.contains("Fix:"), "{}", msg);
             prop_assert!(eval(py, &ns, "err.layer == 'layer.w' and bool(err.found) and bool(err.expected) and bool(err.fix)").unwrap().extract::<bool>().unwrap());
             prop_assert!(eval(py, &ns, "unchanged").unwrap().extract::<bool>().unwrap());
             Ok(())
@@ -56,12 +56,18 @@ proptest! {
                  layers.update({{f'bad{{i}}': kinds[i % len(kinds)] for i in bad}})\n\
                  try:\n    qb.quantize_batch(layers)\n    err = None\nexcept qb.BatchQuantizationError as e:\n    err = e\n\
                  named = sorted(err.failures) if err else []\n\
-                 in_message = all(f'bad{{i}}:' in str(err) for i in bad) if err else False"), Some(&ns)).unwrap();
+                 in_message = all(f'bad{{i}}:' in str(err) for i in bad) if err else False\n\
+                 from arrow_quant_v2 import ArrowQuantV2\n\
+                 try:\n    ArrowQuantV2().quantize_batch(layers, 4)\n    compat_err = None\nexcept ValueError as e:\n    compat_err = e\n\
+                 compat_named = sorted(compat_err.failures) if compat_err else []"), Some(&ns)).unwrap();
             let named: Vec<String> = eval(py, &ns, "named").unwrap().extract().unwrap();
             let mut expected: Vec<String> = bad.iter().map(|i| format!("bad{i}")).collect();
             expected.sort();
-            prop_assert_eq!(named, expected);
+            prop_assert_eq!(named, expected.clone());
             prop_assert!(eval(py, &ns, "in_message").unwrap().extract::<bool>().unwrap());
+            // The original system's call: the same failures, in the ValueError its users catch.
+            let compat_named: Vec<String> = eval(py, &ns, "compat_named").unwrap().extract().unwrap();
+            prop_assert_eq!(compat_named, expected);
             Ok(())
         })?;
     }

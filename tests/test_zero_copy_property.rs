@@ -27,6 +27,9 @@ proptest! {
                  qb.reset_metrics()\n\
                  kind, addr, nbytes = qb._native._borrow_info(v)\n\
                  q = qb.quantize(v, bits=4, group_size=32)\n\
+                 from arrow_quant_v2 import ArrowQuantV2\n\
+                 ArrowQuantV2().quantize_numpy(v, 'w')\n\
+                 ArrowQuantV2().quantize_batch({{'w': v}})\n\
                  copied = qb.metrics()['bytes_copied']", LAYOUTS[layout]), None).unwrap();
             let kind: String = eval(py, &ns, "kind").unwrap().extract().unwrap();
             let addr: usize = eval(py, &ns, "addr").unwrap().extract().unwrap();

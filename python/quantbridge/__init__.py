@@ -28,7 +28,7 @@ from ._native import (
 )
 from ._api import dequantize, quantize, quantize_arrow, quantize_arrow_batch, quantize_batch
 from ._files import dequantize_file, inspect_file, quantize_file
-from ._quantizer import Quantizer
+from . import compat
 
 __all__ = [
     "BatchQuantizationError",
@@ -39,8 +39,8 @@ __all__ = [
     "QuantizationWarning",
     "QuantizedTable",
     "QuantizedTensor",
-    "Quantizer",
     "ValidationError",
+    "compat",
     "__version__",
     "configure_buffer_pool",
     "configure_metrics",

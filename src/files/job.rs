@@ -173,7 +173,7 @@ pub(crate) fn in_tensor(name: &str, e: Error) -> Error {
     match e {
         Error::Validation(p) => Error::Validation(Problem { found: format!("tensor {name:?}: {}", p.found), ..p }),
         Error::NonFinite { index, value } => Error::validation(
-            format!("tensor {name:?}: a non-finite value ({value}) at flat index {index}"),
+            format!("tensor {name:?} contains NaN or Inf ({value} at index {index}, flat row-major)"),
             "only finite values",
             "fix the checkpoint, or --exclude this tensor",
         ),

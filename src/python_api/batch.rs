@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::foreign::import::{import_tensor, Imported};
-use crate::python_api::errors::{python_type, BatchQuantizationError, QuantizationWarning};
+use crate::python_api::errors::{batch_error_type, python_type, QuantizationWarning};
 use crate::python_api::functions::engine;
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::quantized_tensor::QuantizedTensor;
@@ -266,16 +266,16 @@ fn failure_dict<'py, R: Display>(py: Python<'py>, failures: &[(String, R)]) -> P
 /// (batches and Arrow tables alike).
 pub fn batch_error<R: Display>(py: Python<'_>, failures: &[(String, R)]) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let err = py.get_type::<BatchQuantizationError>().call1((failure_message(failures),))?;
+        let err = batch_error_type(py)?.call1((failure_message(failures),))?;
         err.setattr("failures", failure_dict(py, failures)?)?;
         Ok(PyErr::from_value(err))
     };
     build().unwrap_or_else(|e| e)
 }
 
-/// "N of the layers failed:" and one line per layer.
+/// "Quantization failed for N layer(s):" (the original system's words) and one line per layer.
 pub fn failure_message<R: Display>(failures: &[(String, R)]) -> String {
-    let mut message = format!("{} layer(s) failed to quantize:", failures.len());
+    let mut message = format!("Quantization failed for {} layer(s):", failures.len());
     for (name, reason) in failures {
         message.push_str(&format!("\n  {name}: {reason}"));
     }

@@ -17,12 +17,6 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     quantbridge,
-    BatchQuantizationError,
-    QuantizationError,
-    "One or more layers of a batch failed; `.failures` maps each layer name to its reason."
-);
-pyo3::create_exception!(
-    quantbridge,
     PerformanceWarning,
     PyUserWarning,
     "A call copied its input, or ran far below its usual throughput."
@@ -64,6 +58,21 @@ pub fn validation_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
             let bases = [py.get_type::<QuantizationError>(), py.get_type::<PyValueError>()];
             let doc = "Bad input: names the layer, what was found, what was expected, and the fix.";
             python_type(py, "ValidationError", bases, doc, &[])
+        })
+        .map(|t| t.bind(py))
+}
+
+static BATCH_QUANTIZATION_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// `BatchQuantizationError(QuantizationError, ValueError)`: layers failed because of what
+/// they hold (NaN, a dtype, a shape), so it is a `ValueError` as the original system's
+/// batch errors are (docs/compat.md).
+pub fn batch_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    BATCH_QUANTIZATION_ERROR
+        .get_or_try_init(py, || {
+            let bases = [py.get_type::<QuantizationError>(), py.get_type::<PyValueError>()];
+            let doc = "One or more layers of a batch failed; `.failures` maps each layer name to its reason.";
+            python_type(py, "BatchQuantizationError", bases, doc, &[])
         })
         .map(|t| t.bind(py))
 }

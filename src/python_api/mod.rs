@@ -76,7 +76,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;
     m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
     m.add("ValidationError", errors::validation_error_type(py)?)?;
-    m.add("BatchQuantizationError", py.get_type::<errors::BatchQuantizationError>())?;
+    m.add("BatchQuantizationError", errors::batch_error_type(py)?)?;
     m.add("PerformanceWarning", py.get_type::<errors::PerformanceWarning>())?;
     Ok(())
 }

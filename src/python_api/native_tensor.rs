@@ -100,6 +100,39 @@ impl NativeTensor {
         Ok(arrow::array_capsules(py, &field, &data)?)
     }
 
+    /// The buffer protocol, read-only: `memoryview(t)`, `bytes(t)`, `numpy.frombuffer(t, …)`
+    /// see the raw bytes (format "B", flat) without a copy; the view keeps `t` alive.
+    ///
+    /// # Safety
+    /// Called by CPython with a `Py_buffer` to fill (the protocol's contract).
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer, flags: std::os::raw::c_int) -> PyResult<()> {
+        if flags & pyo3::ffi::PyBUF_WRITABLE == pyo3::ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err(
+                "quantbridge results are read-only; copy them (bytes(t), numpy.array(t)) to get writable memory",
+            ));
+        }
+        let bytes = slf.get().storage.bytes();
+        // SAFETY: `view` is the caller's Py_buffer to fill (buffer protocol). The bytes belong
+        // to `slf`'s storage, which never changes or moves while `slf` lives (frozen class,
+        // `Arc<Storage>` never written after construction), and PyBuffer_FillInfo stores a
+        // new reference to `slf` in `view.obj`, so the memory outlives every view of it.
+        // `readonly = 1`, and writable requests were refused above.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut std::os::raw::c_void,
+                bytes.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
     /// `(kDLCPU, 0)`.
     fn __dlpack_device__(&self) -> (u32, i32) {
         (1, 0)

@@ -3,7 +3,7 @@
 
 use arrow_array::RecordBatch;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyTuple};
+use pyo3::types::{PyCapsule, PyDict, PyTuple};
 
 use crate::error::Error;
 use crate::foreign::from_python::arrow_table::table_layers;
@@ -13,7 +13,7 @@ use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::run::detached;
 use crate::python_api::spec_args::spec_from_tuple;
 use crate::quant::TensorView;
-use crate::tables::{quantize_rows, TableFailure};
+use crate::tables::{quantize_rows, FailedRows, TableFailure};
 
 /// The quantized layers of a table: columns `layer_name`, `codes` (large_binary), `scales`,
 /// `zero_points`, `shape`, `bits`, `group_size`, `symmetric`. Take it with
@@ -21,6 +21,8 @@ use crate::tables::{quantize_rows, TableFailure};
 #[pyclass(frozen, module = "quantbridge", name = "QuantizedTable")]
 pub struct QuantizedTable {
     batch: RecordBatch,
+    /// `(layer name, reason)` of the rows left out (`continue_on_error=True`).
+    failures: Vec<(String, String)>,
 }
 
 #[pymethods]
@@ -49,6 +51,16 @@ impl QuantizedTable {
         self.batch.schema().fields().iter().map(|f| f.name().clone()).collect()
     }
 
+    /// `{layer name: reason}` for the rows left out with `continue_on_error=True`.
+    #[getter]
+    fn failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (name, reason) in &self.failures {
+            dict.set_item(name, reason)?;
+        }
+        Ok(dict)
+    }
+
     fn __len__(&self) -> usize {
         self.batch.num_rows()
     }
@@ -58,38 +70,70 @@ impl QuantizedTable {
     }
 }
 
+/// Which schema a table call returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TableLayout {
+    /// docs/formats.md (Arrow tables).
+    Quantbridge,
+    /// The original system's (docs/compat.md).
+    ArrowQuantV2,
+}
+
+impl TableLayout {
+    fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "quantbridge" => Ok(TableLayout::Quantbridge),
+            "arrow_quant_v2" => Ok(TableLayout::ArrowQuantV2),
+            other => Err(Error::validation(format!("layout={other:?}"), "\"quantbridge\" or \"arrow_quant_v2\"", "leave layout at its default")),
+        }
+    }
+}
+
+/// How a table call runs: its API name (metrics), failure policy and output schema.
+struct TableCall<'a> {
+    api: &'a str,
+    continue_on_error: bool,
+    layout: TableLayout,
+}
+
 /// Quantize every row of `table_like` into one [`QuantizedTable`].
 fn quantize_table(
     py: Python<'_>,
     table_like: &Bound<'_, PyAny>,
     prefer_stream: bool,
-    api: &str,
+    call: TableCall<'_>,
     spec: &Bound<'_, PyTuple>,
 ) -> PyResult<QuantizedTable> {
     let spec = spec_from_tuple(spec)?;
     let mut timer = PhaseTimer::start();
-    let (layers, failures) = table_layers(table_like, prefer_stream)?;
-    if !failures.is_empty() {
-        return Err(batch_error(py, &failures));
+    let (layers, import_failures) = table_layers(table_like, prefer_stream)?;
+    if !import_failures.is_empty() && !call.continue_on_error {
+        return Err(batch_error(py, &import_failures));
     }
     let import_s = timer.lap();
     let views: Vec<(String, TensorView<'_>)> = layers.iter().map(|l| (l.name.clone(), l.tensor.view())).collect();
-    let outcome = detached(py, None, || Ok::<_, Error>(quantize_rows(&views, &spec)))?;
+    let failed = if call.continue_on_error { FailedRows::Skip } else { FailedRows::Fail };
+    let outcome = detached(py, None, || Ok::<_, Error>(quantize_rows(&views, &spec, failed)))?;
     let quantize_s = timer.lap();
     let input_bytes: usize = layers.iter().map(|l| l.tensor.nbytes()).sum();
     drop(views);
     drop(layers); // the producer's buffers are released here, after the last read
-    let (parts, _stats) = outcome.map_err(|failure| match failure {
+    let rows = outcome.map_err(|failure| match failure {
         TableFailure::Table(e) => PyErr::from(e),
         TableFailure::Rows(failures) => batch_error(py, &failures),
     })?;
+    let parts = rows.parts;
+    let mut failures: Vec<(String, String)> = import_failures.into_iter().map(|(n, e)| (n, e.to_string())).collect();
+    failures.extend(rows.skipped.into_iter().map(|(n, e)| (n, e.to_string())));
     let tensors = parts.names.len();
     let output_bytes = parts.codes.len() + parts.scales.len() + parts.zero_points.len();
-    let batch = parts
-        .into_batch()
-        .map_err(|e| Error::Internal(format!("building the Arrow output failed: {e}")))?;
+    let batch = match call.layout {
+        TableLayout::Quantbridge => parts.into_batch(),
+        TableLayout::ArrowQuantV2 => parts.into_legacy_batch(),
+    }
+    .map_err(|e| Error::Internal(format!("building the Arrow output failed: {e}")))?;
     let rec = CallRecord {
-        api: api.to_owned(),
+        api: call.api.to_owned(),
         tensors,
         input_bytes,
         output_bytes,
@@ -100,31 +144,38 @@ fn quantize_table(
         export_s: timer.lap(),
     };
     record(py, &rec)?;
-    Ok(QuantizedTable { batch })
+    Ok(QuantizedTable { batch, failures })
 }
 
-/// `quantize_arrow(table_like, spec)`: a table (anything with `__arrow_c_stream__` or
-/// `__arrow_c_array__`) with columns `layer_name`, `weights`[, `shape`].
+/// `quantize_arrow(table_like, spec, api=None, continue_on_error=False, layout="quantbridge")`:
+/// a table (anything with `__arrow_c_stream__` or `__arrow_c_array__`) with columns
+/// `layer_name`, `weights`[, `shape`].
 #[pyfunction]
-#[pyo3(signature = (table_like, spec, api=None))]
+#[pyo3(signature = (table_like, spec, api=None, continue_on_error=false, layout="quantbridge"))]
 pub fn quantize_arrow(
     py: Python<'_>,
     table_like: &Bound<'_, PyAny>,
     spec: &Bound<'_, PyTuple>,
     api: Option<&str>,
+    continue_on_error: bool,
+    layout: &str,
 ) -> PyResult<QuantizedTable> {
-    quantize_table(py, table_like, true, api.unwrap_or("quantize_arrow"), spec)
+    let call = TableCall { api: api.unwrap_or("quantize_arrow"), continue_on_error, layout: TableLayout::parse(layout)? };
+    quantize_table(py, table_like, true, call, spec)
 }
 
-/// `quantize_arrow_batch(record_batch_like, spec)`: one record batch (`__arrow_c_array__`
+/// `quantize_arrow_batch(record_batch_like, spec, ...)`: one record batch (`__arrow_c_array__`
 /// preferred) with the same columns.
 #[pyfunction]
-#[pyo3(signature = (record_batch_like, spec, api=None))]
+#[pyo3(signature = (record_batch_like, spec, api=None, continue_on_error=false, layout="quantbridge"))]
 pub fn quantize_arrow_batch(
     py: Python<'_>,
     record_batch_like: &Bound<'_, PyAny>,
     spec: &Bound<'_, PyTuple>,
     api: Option<&str>,
+    continue_on_error: bool,
+    layout: &str,
 ) -> PyResult<QuantizedTable> {
-    quantize_table(py, record_batch_like, false, api.unwrap_or("quantize_arrow_batch"), spec)
+    let call = TableCall { api: api.unwrap_or("quantize_arrow_batch"), continue_on_error, layout: TableLayout::parse(layout)? };
+    quantize_table(py, record_batch_like, false, call, spec)
 }

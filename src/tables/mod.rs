@@ -2,8 +2,10 @@
 //! input table, quantizing rows into the output's buffers ([`quantize`]), and building
 //! the output record batch. Shared by the Python surface and the file job.
 
+mod legacy;
 mod quantize;
-pub use quantize::{quantize_rows, Failures, TableFailure};
+pub use legacy::legacy_schema;
+pub use quantize::{quantize_rows, FailedRows, Failures, QuantizedRows, TableFailure};
 
 use std::sync::Arc;
 

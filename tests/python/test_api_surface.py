@@ -53,14 +53,12 @@ def test_table_and_batch_apis_match_quantize(rows, cols, spec):
     })
     out = pa.table(qb.quantize_arrow(table, **spec))
     batch = qb.quantize_batch(layers, **spec)
-    legacy = qb.Quantizer(bit_width=spec["bits"], group_size=spec["group_size"], symmetric=spec["symmetric"])
     for row in out.to_pylist():
         q = qb.quantize(layers[row["layer_name"]], **spec)
         assert row["codes"] == q.codes.tobytes()
         assert np.array_equal(np.array(row["scales"], np.float32), np.from_dlpack(q.scales).ravel())
         assert row["shape"] == [rows, cols] and row["bits"] == spec["bits"] and row["symmetric"] == spec["symmetric"]
         assert parts(batch[row["layer_name"]]) == parts(q)
-        assert parts(legacy.quantize_numpy(layers[row["layer_name"]])) == parts(q)
     assert pa.table(qb.quantize_arrow_batch(table.to_batches()[0], **spec)).equals(out)
     assert pa.table(qb.quantize_arrow(pl.from_arrow(table), **spec)).column("codes").equals(out.column("codes"))
 
@@ -147,22 +145,6 @@ def test_progress_callback_errors_propagate():
 
     with pytest.raises(RuntimeError, match="stop"):
         qb.quantize_batch({"a": np.ones(8, np.float32), "b": np.ones(8, np.float32)}, progress=boom)
-
-
-def test_legacy_quantizer_dict_api():
-    w = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
-    with pytest.warns(qb.PerformanceWarning):
-        out = qb.Quantizer(bit_width=4, group_size=32).quantize({"w": w.tolist(), "t": torch.from_numpy(w)})
-    q = qb.quantize(w, bits=4, group_size=32)
-    for entry in out.values():
-        assert entry["quantized_data"] == q.codes.tobytes()
-        assert entry["scales"] == np.from_dlpack(q.scales).ravel().tolist()
-        assert entry["zero_points"] == [float(z) for z in np.from_dlpack(q.zero_points).ravel()]
-        assert entry["shape"] == [4, 64] and entry["bit_width"] == 4
-    sym = qb.Quantizer(symmetric=True).quantize({"w": torch.from_numpy(w)}, bit_width=8)["w"]
-    assert sym["bit_width"] == 8 and set(sym["zero_points"]) == {128.0}
-    with pytest.raises(qb.ValidationError, match="2-d"):
-        qb.Quantizer().quantize_numpy_2d(w.ravel())
 
 
 def test_buffer_protocol_and_byteswapped_inputs_are_copied_once():

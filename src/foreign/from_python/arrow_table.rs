@@ -46,7 +46,12 @@ fn column_index(fields: &Fields, name: &str, required: bool) -> BridgeResult<Opt
     match fields.iter().position(|f| f.name() == name) {
         Some(i) => Ok(Some(i)),
         None if !required => Ok(None),
-        None => Err(BridgeError::refused(format!("columns {:?}", fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>()),
+        // "Missing required column '…'" is the original system's wording, which its users match.
+        None => Err(BridgeError::refused(
+            format!(
+                "the columns {:?} (Missing required column '{name}')",
+                fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>()
+            ),
             format!("a column named {name:?}"),
             "name the columns layer_name (utf8), weights (list of float) and optionally shape (list of int)",
         )),

@@ -34,10 +34,18 @@ pub fn float_dtype(dt: &DataType) -> Option<DType> {
 }
 
 fn dtype_error(dt: &DataType) -> BridgeError {
-    BridgeError::refused(format!("Arrow values of type {dt}"),
-        "float16, float32 or float64 values",
-        "cast first, e.g. pyarrow.compute.cast(array, pyarrow.float32())",
-    )
+    // A table or record batch arrives as a struct of its columns: the fix is to pick the
+    // column, or to quantize every row with quantize_arrow, not to cast.
+    let fix = if let DataType::Struct(fields) = dt {
+        let first = fields.first().map_or("weights", |f| f.name().as_str());
+        format!(
+            "a table is not one tensor: pass one column, e.g. qb.quantize(table[{first:?}]), or quantize the table's \
+             rows (columns layer_name, weights[, shape]) with qb.quantize_arrow(table)"
+        )
+    } else {
+        "cast first, e.g. pyarrow.compute.cast(array, pyarrow.float32())".to_owned()
+    };
+    BridgeError::refused(format!("Arrow values of type {dt}"), "float16, float32 or float64 values", fix)
 }
 
 fn first_null(data: &ArrayData, start: usize, len: usize) -> Option<usize> {
