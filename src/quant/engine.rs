@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
-use super::quantized::{Quantized, Scales, Stats, StatsAcc};
+use super::quantized::{Quantized, Scales, SegmentLanes, Stats, StatsAcc};
 use super::alloc::{Allocator, Fresh};
 use super::simd::{Avx2, Kernel};
 use super::spec::QuantSpec;
@@ -477,9 +477,13 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 (p, true)
             }
         };
+        if STATS {
+            // Fused with the encode: the group was just read and is still in L1.
+            segment_stats(xs, &params, acc);
+        }
         let mut rest = xs;
         #[cfg(target_arch = "x86_64")]
-        if !STATS && writer.byte_aligned() {
+        if writer.byte_aligned() {
             if let Some(cpu) = self.cpu {
                 // Encoded and packed in registers, straight into the stream.
                 let bytes = BLOCK / writer.codes_per_byte();
@@ -490,7 +494,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 rest = blocks.remainder();
             }
         }
-        if !STATS && writer.byte_aligned() {
+        if writer.byte_aligned() {
             // Blocks of BLOCK codes: encode into a small buffer, then pack whole bytes.
             // Both loops are branch-free and vectorize; the math is `encode`, unchanged.
             let mut codes = [0u8; BLOCK];
@@ -504,15 +508,26 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             rest = blocks.remainder();
         }
         for &x in rest {
-            let x = x.to_f32();
-            let q = params.code_value(x);
-            writer.push(params.store(q));
-            if STATS {
-                acc.add(x, params.decode_value(q));
-            }
+            writer.push(params.encode(x.to_f32()));
         }
         Ok(fresh.then_some(params))
     }
+}
+
+/// The error statistics of one segment (a group's elements within one row) into `acc`:
+/// blocks of values and their dequantized values, summed in [`SegmentLanes`] order.
+#[inline(always)]
+fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc) {
+    let mut lanes = SegmentLanes::default();
+    let (mut values, mut restored) = ([0f32; BLOCK], [0f32; BLOCK]);
+    for block in xs.chunks(BLOCK) {
+        for ((v, r), &x) in values.iter_mut().zip(restored.iter_mut()).zip(block) {
+            *v = x.to_f32();
+            *r = params.decode_value(params.code_value(*v));
+        }
+        lanes.add(&values[..block.len()], &restored[..block.len()]);
+    }
+    lanes.finish(acc);
 }
 
 /// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole

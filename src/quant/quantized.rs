@@ -83,6 +83,60 @@ pub struct Stats {
     pub sqnr_db: f64,
 }
 
+/// Lanes of one segment's sums (docs/math.md, statistics): element `j` of a segment (a
+/// group's elements within one row) goes to lane `j % 8`, so the loop vectorizes; the
+/// lanes are folded in order into a [`StatsAcc`] when the segment ends. A fixed order,
+/// the same in every kernel build and in the scalar reference.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SegmentLanes {
+    sq_err: [f64; STAT_LANES],
+    sq: [f64; STAT_LANES],
+    max_abs: [f32; STAT_LANES],
+}
+
+/// Lanes of [`SegmentLanes`].
+const STAT_LANES: usize = 8;
+
+impl SegmentLanes {
+    /// Account for values `xs` and their dequantized values `ys`, the next piece of the
+    /// segment; every piece but the last holds a multiple of 8 elements.
+    #[inline(always)]
+    pub fn add(&mut self, xs: &[f32], ys: &[f32]) {
+        let mut xc = xs.chunks_exact(STAT_LANES);
+        let mut yc = ys.chunks_exact(STAT_LANES);
+        for (x, y) in (&mut xc).zip(&mut yc) {
+            for k in 0..STAT_LANES {
+                self.lane(k, x[k], y[k]);
+            }
+        }
+        for (k, (&x, &y)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
+            self.lane(k, x, y);
+        }
+    }
+
+    #[inline(always)]
+    fn lane(&mut self, k: usize, x: f32, y: f32) {
+        let err = (x - y).abs();
+        self.sq_err[k] += (err as f64) * (err as f64);
+        self.sq[k] += (x as f64) * (x as f64);
+        self.max_abs[k] = if err > self.max_abs[k] { err } else { self.max_abs[k] };
+    }
+
+    /// Fold the lanes, in order, into `acc`: the segment is done.
+    #[inline(always)]
+    pub fn finish(self, acc: &mut StatsAcc) {
+        let (mut sq_err, mut sq, mut max_abs) = (0f64, 0f64, 0f32);
+        for k in 0..STAT_LANES {
+            sq_err += self.sq_err[k];
+            sq += self.sq[k];
+            max_abs = if self.max_abs[k] > max_abs { self.max_abs[k] } else { max_abs };
+        }
+        acc.sum_sq_err += sq_err;
+        acc.sum_sq += sq;
+        acc.max_abs = acc.max_abs.max(max_abs);
+    }
+}
+
 /// Running sums behind [`Stats`], combined in a fixed order so results never depend on
 /// the thread count.
 #[derive(Debug, Clone, Copy, Default)]

@@ -5,7 +5,7 @@
 use super::layout::Layout;
 use super::math::round_scale_up;
 use super::pack::pack;
-use super::quantized::{Quantized, Scales, StatsAcc};
+use super::quantized::{Quantized, Scales, SegmentLanes, StatsAcc};
 use super::spec::QuantSpec;
 use super::view::{DType, TensorView};
 use crate::error::{Error, Result};
@@ -47,11 +47,13 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
             let qmax = ((1 << (bits - 1)) - 1) as f32;
             let scale = spec_scale(a / qmax, spec).ok_or_else(scale_unrepresentable)?;
             let inv = 1.0f32 / scale;
+            let mut restored = Vec::with_capacity(g.len());
             for (&i, &x) in idx.iter().zip(&g) {
                 let q = (x * inv).round_ties_even().clamp(-qmax, qmax);
                 stored[i] = if spec.pack { (q as i32 + (1 << (bits - 1))) as u8 } else { q as i8 as u8 };
-                acc.add(x, q * scale);
+                restored.push(q * scale);
             }
+            add_stats(&mut acc, &g, &restored, cols);
             scales.push(scale);
         } else {
             let mn = g.iter().fold(0.0f32, |m, &x| m.min(x));
@@ -64,11 +66,13 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
             let scale = spec_scale(raw, spec).ok_or_else(scale_unrepresentable)?;
             let zp = (-mn / scale).round_ties_even().clamp(0.0, qmax);
             let inv = 1.0f32 / scale;
+            let mut restored = Vec::with_capacity(g.len());
             for (&i, &x) in idx.iter().zip(&g) {
                 let q = ((x * inv).round_ties_even() + zp).clamp(0.0, qmax);
                 stored[i] = q as u8;
-                acc.add(x, (q - zp) * scale);
+                restored.push((q - zp) * scale);
             }
+            add_stats(&mut acc, &g, &restored, cols);
             scales.push(scale);
             zps.push(zp as u8);
         }
@@ -84,6 +88,16 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
         stats: spec.stats.then(|| acc.finish(n)),
         gguf: None,
     })
+}
+
+/// The statistics of a group's values `xs` and their dequantized values `ys`, one segment
+/// per row the group covers (docs/math.md: a group within a row; per-tensor, each row).
+fn add_stats(acc: &mut StatsAcc, xs: &[f32], ys: &[f32], cols: usize) {
+    for (x, y) in xs.chunks(cols.max(1)).zip(ys.chunks(cols.max(1))) {
+        let mut lanes = SegmentLanes::default();
+        lanes.add(x, y);
+        lanes.finish(acc);
+    }
 }
 
 /// `if scale == 0 (or subnormal): 1`, then rounded up to the scale dtype.
