@@ -19,6 +19,8 @@ machine hits all of them alike instead of one.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
 
@@ -129,6 +131,17 @@ def small_calls(rounds: int) -> list[tuple[str, float]]:
             ("quantize_batch() of 10,000 16x16 layers, per layer", t["batch"] / len(layers) * 1e6)]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
@@ -137,6 +150,8 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
     qb.configure_metrics(degradation_fraction=0.0)  # slow peers and K-quants are expected here
+    # Figures hold for one CPU and kernel path only: say which.
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; quantbridge kernel path: {qb._native._kernel()}")
 
     n = args.mib * 2**20 // 4
     cols = 8192
@@ -154,6 +169,16 @@ def main():
         finally:
             qb.configure_buffer_pool(max_bytes=previous)
 
+    tx = torch.from_numpy(x)
+
+    def read_pass():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            torch.sum(tx)
+        finally:
+            torch.set_num_threads(threads)
+
     rows = {
         "np.copyto (memcpy, the baseline)": lambda: np.copyto(dst, x),
         "int4 g128 asymmetric": lambda: qb.quantize(x),
@@ -164,10 +189,13 @@ def main():
         "int4 g128, float16 input (same element count)": lambda: qb.quantize(halves["float16"]),
         "int4 g128, bfloat16 input (same element count)": lambda: qb.quantize(halves["bfloat16"]),
         "dequantize int4 g128 (float32 out, same size)": lambda: q.dequantize(),
+        "int4 g128 with stats=True (error statistics fused)": lambda: qb.quantize(x, stats=True),
+        "int8 per-channel with stats=True": lambda: qb.quantize(x, bits=8, group_size=None, stats=True),
+        "read pass: torch.sum of the same array, 2 threads (the read limit)": read_pass,
     }
     t = interleaved(rows, args.rounds)
     base = t["np.copyto (memcpy, the baseline)"]
-    table = [(f"quantbridge {name}" if not name.startswith("np.") else name, args.mib, t[name] * 1e3, t[name] / base)
+    table = [(f"quantbridge {name}" if not name.startswith(("np.", "read")) else name, args.mib, t[name] * 1e3, t[name] / base)
              for name in rows]
 
     # The pool off on its own: turning it off frees what the other rows would reuse.

@@ -471,6 +471,13 @@ impl Checkpoint {
         }
     }
 
+    /// Map `entry`'s pages in before it is read (see [`mmap::populate_pages`]).
+    pub fn prefetch(&self, entry: &Entry) {
+        if let Loc::Mapped { map, start, end } = &entry.loc {
+            mmap::populate_pages(&self.maps[*map], *start, *end);
+        }
+    }
+
     /// Let the OS drop `entry`'s mapped pages from our resident set (see
     /// [`mmap::release_pages`]); call once nothing borrows them any more.
     pub fn release(&self, entry: &Entry) {

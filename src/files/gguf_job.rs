@@ -203,6 +203,7 @@ pub fn quantize_gguf_file(
         out.write_all(&vec![0u8; (offset - written) as usize]).map_err(io)?;
         let report = match decision {
             Ok(ty) => {
+                ck.prefetch(e);
                 let (view, copied) = ck.view(e, &mut scratch).map_err(|err| in_tensor(&e.name, err))?;
                 let q = engine.quantize_gguf(&view, *ty, true).map_err(|err| in_tensor(&e.name, err))?;
                 out.write_all(&q.codes).map_err(io)?;

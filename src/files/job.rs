@@ -111,6 +111,7 @@ pub fn quantize_entry(
     pool: &BufferPool,
     scratch: &mut Scratch,
 ) -> Result<EngineOutput> {
+    ck.prefetch(e);
     let (view, bytes_copied) = ck.view(e, scratch).map_err(|err| in_tensor(&e.name, err))?;
     let (c, s, z) = output_sizes(&e.shape, spec);
     let (mut codes, mut scales, mut zero_points) = (pool.bytes(c)?, pool.floats(s)?, pool.bytes(z)?);

@@ -40,6 +40,22 @@ where
     }
 }
 
+/// Map the pages of `map[start..end]` into this process in one call, before the engine
+/// reads them: `MADV_POPULATE_READ` (Linux ≥ 5.14) reads ahead and fills the page tables,
+/// so the engine's threads do not take one page fault per 4 KiB (about 500k for a 2 GiB
+/// checkpoint). Older kernels get `MADV_WILLNEED` (read-ahead only). Advice only: a
+/// failure changes nothing but speed.
+pub fn populate_pages(map: &Mmap, start: usize, end: usize) {
+    if end <= start {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if map.advise_range(memmap2::Advice::PopulateRead, start, end - start).is_ok() {
+        return;
+    }
+    let _ = map.advise_range(memmap2::Advice::WillNeed, start, end - start);
+}
+
 /// Drop the pages of `map[start..end]` from this process's resident set once they have
 /// been read, so RSS stays bounded by the tensor being processed, not the whole file.
 /// (They stay in the page cache; touching them again re-reads them from the file.)

@@ -36,6 +36,13 @@ fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)
     Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
 }
 
+/// The kernel build the Python surface runs on this CPU ("avx2" or "portable"): what the
+/// benchmarks print beside their figures.
+#[pyfunction]
+fn _kernel() -> &'static str {
+    crate::quant::Kernel::best().name()
+}
+
 /// Panics inside the detached region, to prove panics are contained (tests only).
 #[pyfunction]
 fn _panic_in_engine(py: Python<'_>) -> PyResult<()> {
@@ -74,6 +81,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_live_exports, m)?)?;
     m.add_function(wrap_pyfunction!(_borrow_info, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;
+    m.add_function(wrap_pyfunction!(_kernel, m)?)?;
     m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
     m.add("ValidationError", errors::validation_error_type(py)?)?;
     m.add("BatchQuantizationError", errors::batch_error_type(py)?)?;

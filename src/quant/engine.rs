@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{group_params, GroupParams};
 use super::pack::{stream_len, CodeWriter};
-use super::quantized::{Quantized, Scales, SegmentLanes, Stats, StatsAcc};
+use super::quantized::{BlockSums, Quantized, Scales, SegmentLanes, Stats, StatsAcc, STAT_BLOCK};
 use super::alloc::{Allocator, Fresh};
 use super::simd::{Avx2, Kernel};
 use super::spec::QuantSpec;
@@ -477,9 +477,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 (p, true)
             }
         };
-        if STATS {
-            // Fused with the encode: the group was just read and is still in L1.
-            segment_stats(xs, &params, acc);
+        // Statistics come from the vector encode itself (its code values, in registers)
+        // when it runs, else from a pass over the group while it is still in L1.
+        let fused = STATS && self.cpu.is_some() && writer.byte_aligned();
+        if STATS && !fused {
+            segment_stats(xs, &params, acc, self.cpu);
         }
         let mut rest = xs;
         #[cfg(target_arch = "x86_64")]
@@ -488,10 +490,27 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 // Encoded and packed in registers, straight into the stream.
                 let bytes = BLOCK / writer.codes_per_byte();
                 let mut blocks = xs.chunks_exact(BLOCK);
-                for block in &mut blocks {
-                    cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
+                if fused {
+                    let mut lanes = SegmentLanes::default();
+                    let whole = xs.len() - blocks.remainder().len();
+                    // BLOCK is STAT_BLOCK: the whole blocks are whole statistics blocks.
+                    cpu.encode_with_stats(&xs[..whole], params, writer.bits(), writer.next_bytes(whole / BLOCK * bytes), &mut lanes);
+                    rest = blocks.remainder();
+                    if !rest.is_empty() {
+                        let mut last = BlockSums::default();
+                        for (k, &x) in rest.iter().enumerate() {
+                            let x = x.to_f32();
+                            last.lane(k % 8, x, params.decode_value(params.code_value(x)));
+                        }
+                        lanes.add_block(&last);
+                    }
+                    lanes.finish(acc);
+                } else {
+                    for block in &mut blocks {
+                        cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
+                    }
+                    rest = blocks.remainder();
                 }
-                rest = blocks.remainder();
             }
         }
         if writer.byte_aligned() {
@@ -517,10 +536,16 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 /// The error statistics of one segment (a group's elements within one row) into `acc`:
 /// blocks of values and their dequantized values, summed in [`SegmentLanes`] order.
 #[inline(always)]
-fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc) {
+fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc, cpu: Option<Avx2>) {
     let mut lanes = SegmentLanes::default();
-    let (mut values, mut restored) = ([0f32; BLOCK], [0f32; BLOCK]);
-    for block in xs.chunks(BLOCK) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(cpu) = cpu {
+        cpu.segment_stats(xs, *params, &mut lanes);
+        lanes.finish(acc);
+        return;
+    }
+    let (mut values, mut restored) = ([0f32; STAT_BLOCK], [0f32; STAT_BLOCK]);
+    for block in xs.chunks(STAT_BLOCK) {
         for ((v, r), &x) in values.iter_mut().zip(restored.iter_mut()).zip(block) {
             *v = x.to_f32();
             *r = params.decode_value(params.code_value(*v));
@@ -531,8 +556,8 @@ fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc)
 }
 
 /// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole
-/// bytes at every width).
-const BLOCK: usize = 64;
+/// bytes at every width; and one statistics block, so the vector encode sums its errors).
+const BLOCK: usize = STAT_BLOCK;
 /// Most float32 values a tile of whole strided rows holds (2 MiB: in L2 and L3; used for
 /// per-channel and per-tensor, whose groups span whole rows).
 const TILE_ELEMENTS: usize = 1 << 19;

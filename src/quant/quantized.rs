@@ -83,10 +83,12 @@ pub struct Stats {
     pub sqnr_db: f64,
 }
 
-/// Lanes of one segment's sums (docs/math.md, statistics): element `j` of a segment (a
-/// group's elements within one row) goes to lane `j % 8`, so the loop vectorizes; the
-/// lanes are folded in order into a [`StatsAcc`] when the segment ends. A fixed order,
-/// the same in every kernel build and in the scalar reference.
+/// Lanes of one segment's sums (docs/math.md, statistics): a segment (a group's elements
+/// within one row) comes in blocks of at most [`STAT_BLOCK`] elements; element `j` of a
+/// block goes to lane `j % 8`, whose squares are summed in float32 over the block and then
+/// added to the lane's float64 sum, so the loop vectorizes. The lanes are folded in order
+/// into a [`StatsAcc`] when the segment ends. A fixed order, the same in every kernel
+/// build and in the scalar reference.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SegmentLanes {
     sq_err: [f64; STAT_LANES],
@@ -95,31 +97,64 @@ pub struct SegmentLanes {
 }
 
 /// Lanes of [`SegmentLanes`].
-const STAT_LANES: usize = 8;
+pub const STAT_LANES: usize = 8;
+
+/// One block's float32 sums per lane (see [`SegmentLanes`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockSums {
+    /// Σ(x − x')² per lane.
+    pub sq_err: [f32; STAT_LANES],
+    /// Σx² per lane.
+    pub sq: [f32; STAT_LANES],
+    /// max |x − x'| per lane.
+    pub max_abs: [f32; STAT_LANES],
+}
+
+impl BlockSums {
+    /// Element `x` (dequantized `y`) into lane `k`.
+    #[inline(always)]
+    pub fn lane(&mut self, k: usize, x: f32, y: f32) {
+        let err = (x - y).abs();
+        self.sq_err[k] += err * err;
+        self.sq[k] += x * x;
+        self.max_abs[k] = if err > self.max_abs[k] { err } else { self.max_abs[k] };
+    }
+}
+/// Largest block [`SegmentLanes::add`] takes.
+pub const STAT_BLOCK: usize = 64;
 
 impl SegmentLanes {
-    /// Account for values `xs` and their dequantized values `ys`, the next piece of the
-    /// segment; every piece but the last holds a multiple of 8 elements.
+    /// Account for one block of values `xs` and their dequantized values `ys` (at most
+    /// [`STAT_BLOCK`] elements; the segment's blocks come in order, each but the last full).
     #[inline(always)]
     pub fn add(&mut self, xs: &[f32], ys: &[f32]) {
-        let mut xc = xs.chunks_exact(STAT_LANES);
-        let mut yc = ys.chunks_exact(STAT_LANES);
-        for (x, y) in (&mut xc).zip(&mut yc) {
-            for k in 0..STAT_LANES {
-                self.lane(k, x[k], y[k]);
-            }
+        debug_assert!(xs.len() <= STAT_BLOCK && xs.len() == ys.len());
+        let mut block = BlockSums::default();
+        for (j, (&x, &y)) in xs.iter().zip(ys).enumerate() {
+            block.lane(j % STAT_LANES, x, y);
         }
-        for (k, (&x, &y)) in xc.remainder().iter().zip(yc.remainder()).enumerate() {
-            self.lane(k, x, y);
+        self.add_block(&block);
+    }
+
+    /// Add one block's float32 lane sums (the AVX2 kernel computes them in registers).
+    #[inline(always)]
+    pub fn add_block(&mut self, block: &BlockSums) {
+        for k in 0..STAT_LANES {
+            self.sq_err[k] += block.sq_err[k] as f64;
+            self.sq[k] += block.sq[k] as f64;
+            self.max_abs[k] = if block.max_abs[k] > self.max_abs[k] { block.max_abs[k] } else { self.max_abs[k] };
         }
     }
 
+    /// Add whole blocks' float64 lane sums and lane maxima, computed elsewhere in the
+    /// same order (the AVX2 encode keeps them in registers).
     #[inline(always)]
-    fn lane(&mut self, k: usize, x: f32, y: f32) {
-        let err = (x - y).abs();
-        self.sq_err[k] += (err as f64) * (err as f64);
-        self.sq[k] += (x as f64) * (x as f64);
-        self.max_abs[k] = if err > self.max_abs[k] { err } else { self.max_abs[k] };
+    pub fn add_sums(&mut self, sq_err: &[f64; STAT_LANES], sq: &[f64; STAT_LANES], max_abs: &[f32; STAT_LANES]) {
+        for k in 0..STAT_LANES {
+            self.sq_err[k] += sq_err[k];
+            self.sq[k] += sq[k];
+            self.max_abs[k] = if max_abs[k] > self.max_abs[k] { max_abs[k] } else { self.max_abs[k] };
+        }
     }
 
     /// Fold the lanes, in order, into `acc`: the segment is done.

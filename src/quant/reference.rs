@@ -5,7 +5,7 @@
 use super::layout::Layout;
 use super::math::round_scale_up;
 use super::pack::pack;
-use super::quantized::{Quantized, Scales, SegmentLanes, StatsAcc};
+use super::quantized::{Quantized, Scales, SegmentLanes, StatsAcc, STAT_BLOCK};
 use super::spec::QuantSpec;
 use super::view::{DType, TensorView};
 use crate::error::{Error, Result};
@@ -95,7 +95,9 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
 fn add_stats(acc: &mut StatsAcc, xs: &[f32], ys: &[f32], cols: usize) {
     for (x, y) in xs.chunks(cols.max(1)).zip(ys.chunks(cols.max(1))) {
         let mut lanes = SegmentLanes::default();
-        lanes.add(x, y);
+        for (xb, yb) in x.chunks(STAT_BLOCK).zip(y.chunks(STAT_BLOCK)) {
+            lanes.add(xb, yb);
+        }
         lanes.finish(acc);
     }
 }

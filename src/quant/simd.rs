@@ -221,6 +221,27 @@ impl Avx2 {
         unsafe { avx2::encode(xs, p, bits, out) }
     }
 
+    /// [`avx2::segment_stats`].
+    #[inline(always)]
+    pub fn segment_stats<W: Lane>(self, xs: &[W], p: crate::quant::math::GroupParams, lanes: &mut crate::quant::quantized::SegmentLanes) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::segment_stats(xs, p, lanes) }
+    }
+
+    /// [`avx2::encode_with_stats`].
+    #[inline(always)]
+    pub fn encode_with_stats<W: Lane>(
+        self,
+        xs: &[W],
+        p: crate::quant::math::GroupParams,
+        bits: u32,
+        out: &mut [u8],
+        lanes: &mut crate::quant::quantized::SegmentLanes,
+    ) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::encode_with_stats(xs, p, bits, out, lanes) }
+    }
+
     /// [`avx2::transpose_8x8`].
     #[inline(always)]
     pub fn transpose_8x8(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
@@ -241,6 +262,7 @@ pub mod avx2 {
 
     use super::Lane;
     use crate::quant::math::GroupParams;
+    use crate::quant::quantized::{BlockSums, SegmentLanes, STAT_BLOCK, STAT_LANES};
 
     /// `(min, max, all finite)` of `xs`.
     ///
@@ -344,6 +366,31 @@ pub mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn encode<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8]) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { encode_impl::<W, false>(xs, p, bits, out, &mut SegmentLanes::default()) }
+    }
+
+    /// [`encode`] of whole statistics blocks (`xs.len()` a multiple of `STAT_BLOCK`, from
+    /// the start of a segment) that also adds their error sums to `lanes` (empty so far),
+    /// from the code values it computes anyway: the same sums as [`segment_stats`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn encode_with_stats<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+        debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { encode_impl::<W, true>(xs, p, bits, out, lanes) }
+    }
+
+    /// [`encode`], and with `STATS` [`encode_with_stats`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn encode_impl<W: Lane, const STATS: bool>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
         let out_block = 32 * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() / 32 * out_block);
         let inv = _mm256_set1_ps(p.inv);
@@ -355,10 +402,21 @@ pub mod avx2 {
         // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
         let signed = p.lo + (p.offset as f32) < 0.0;
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let code = |v: __m256| {
+        let scale = _mm256_set1_ps(p.scale);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        // This statistics block's float32 lane sums: Σ(x − x')², Σx², max |x − x'|.
+        let mut block_sums = [_mm256_setzero_ps(); 3];
+        let code = |v: __m256, sums: &mut [__m256; 3]| {
             let y = _mm256_mul_ps(v, inv);
             let r = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
             let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
+            if STATS {
+                // As `segment_stats`, from this q.
+                let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(_mm256_sub_ps(q, zp), scale)), abs_mask);
+                sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(err, err));
+                sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(v, v));
+                sums[2] = _mm256_max_ps(err, sums[2]);
+            }
             _mm256_add_epi32(_mm256_cvttps_epi32(q), offset)
         };
         // Multipliers that fold neighbouring codes into one value (maddubs: unsigned bytes
@@ -367,15 +425,19 @@ pub mod avx2 {
         let nibble_pairs = _mm256_set1_epi16(0x1001);
         let crumb_pairs = _mm256_set1_epi16(0x0401);
         let crumb_quads = _mm256_set1_epi32(0x0010_0001);
-        for (block, dst) in xs.chunks_exact(32).zip(out.chunks_exact_mut(out_block)) {
+        // Per-lane float64 sums of the finished statistics blocks (lanes 0-3 and 4-7).
+        let (mut err_lo, mut err_hi, mut sq_lo, mut sq_hi) =
+            (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut max_all = _mm256_setzero_ps();
+        for (i, (block, dst)) in xs.chunks_exact(32).zip(out.chunks_exact_mut(out_block)).enumerate() {
             let p = block.as_ptr();
             // SAFETY: `block` holds 32 elements: four 8-element loads.
             let (a, b, c, d) = unsafe {
                 (
-                    code(W::load8(p)),
-                    code(W::load8(p.add(8))),
-                    code(W::load8(p.add(16))),
-                    code(W::load8(p.add(24))),
+                    code(W::load8(p), &mut block_sums),
+                    code(W::load8(p.add(8)), &mut block_sums),
+                    code(W::load8(p.add(16)), &mut block_sums),
+                    code(W::load8(p.add(24)), &mut block_sums),
                 )
             };
             // Every code fits 16 bits exactly; then 8 bits (unsigned, or signed for int8).
@@ -407,6 +469,75 @@ pub mod avx2 {
                     unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes) };
                 }
             }
+            if STATS && (i + 1) % (STAT_BLOCK / 32) == 0 {
+                // A statistics block ends: its float32 lane sums join the float64 ones
+                // (`SegmentLanes::add_block`, lane by lane).
+                let [sq_err, sq, max_abs] = block_sums;
+                err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
+                err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
+                sq_lo = _mm256_add_pd(sq_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+                sq_hi = _mm256_add_pd(sq_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+                max_all = _mm256_max_ps(max_abs, max_all);
+                block_sums = [_mm256_setzero_ps(); 3];
+            }
+        }
+        if STATS {
+            let (mut err, mut squares, mut max) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
+            // SAFETY: the arrays hold 8 values each; the stores are unaligned.
+            unsafe {
+                _mm256_storeu_pd(err.as_mut_ptr(), err_lo);
+                _mm256_storeu_pd(err.as_mut_ptr().add(4), err_hi);
+                _mm256_storeu_pd(squares.as_mut_ptr(), sq_lo);
+                _mm256_storeu_pd(squares.as_mut_ptr().add(4), sq_hi);
+                _mm256_storeu_ps(max.as_mut_ptr(), max_all);
+            }
+            lanes.add_sums(&err, &squares, &max);
+        }
+    }
+
+    /// The error statistics of one segment `xs` (docs/math.md, statistics) into `lanes`:
+    /// each element's dequantized value `(code_value(x) − zp)·scale` computed in registers
+    /// as `GroupParams` computes it, then the float32 lane sums of each block of
+    /// `STAT_BLOCK` elements, exactly as `SegmentLanes::add` sums them (lane `k` of a vector
+    /// is lane `k` of the block; no fused multiply-add).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn segment_stats<W: Lane>(xs: &[W], p: GroupParams, lanes: &mut SegmentLanes) {
+        let inv = _mm256_set1_ps(p.inv);
+        let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
+        let zp = _mm256_set1_ps(p.zp);
+        let lo = _mm256_set1_ps(p.lo);
+        let hi = _mm256_set1_ps(p.hi);
+        let scale = _mm256_set1_ps(p.scale);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        for block in xs.chunks(STAT_BLOCK) {
+            let (mut sq_err, mut sq, mut max_abs) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut vectors = block.chunks_exact(8);
+            for v in &mut vectors {
+                // SAFETY: `v` holds 8 elements; AVX2 and F16C are enabled here.
+                let x = unsafe { W::load8(v.as_ptr()) };
+                let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, inv), magic), magic);
+                let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
+                let err = _mm256_and_ps(_mm256_sub_ps(x, _mm256_mul_ps(_mm256_sub_ps(q, zp), scale)), abs_mask);
+                sq_err = _mm256_add_ps(sq_err, _mm256_mul_ps(err, err));
+                sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+                max_abs = _mm256_max_ps(err, max_abs); // err > max ? err : max
+            }
+            let mut sums = BlockSums::default();
+            // SAFETY: each array holds 8 floats.
+            unsafe {
+                _mm256_storeu_ps(sums.sq_err.as_mut_ptr(), sq_err);
+                _mm256_storeu_ps(sums.sq.as_mut_ptr(), sq);
+                _mm256_storeu_ps(sums.max_abs.as_mut_ptr(), max_abs);
+            }
+            for (k, &x) in vectors.remainder().iter().enumerate() {
+                let x = x.to_f32();
+                sums.lane(k, x, p.decode_value(p.code_value(x)));
+            }
+            lanes.add_block(&sums);
         }
     }
 

@@ -140,7 +140,9 @@ def test_stats_match_numpy():
     q = qb.quantize(x, bits=4, stats=True)
     deq = np.from_dlpack(q.dequantize()).astype(np.float64)
     err = x.astype(np.float64) - deq
-    assert q.stats["mse"] == pytest.approx(np.mean(err**2), rel=1e-9)
-    assert q.stats["max_abs_error"] == pytest.approx(np.abs(err).max(), rel=1e-6)
-    assert q.stats["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum(err**2)), rel=1e-9)
+    # docs/math.md (statistics): squares are summed in float32 over blocks of 64 values
+    # (eight per lane), in float64 beyond, so the sums agree with numpy's float64 to ~1e-7.
+    assert q.stats["mse"] == pytest.approx(np.mean(err**2), rel=1e-6)
+    assert q.stats["max_abs_error"] == np.abs(err).max().astype(np.float32)
+    assert q.stats["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum(err**2)), rel=1e-7)
     assert qb.quantize(x).stats is None
