@@ -12,7 +12,16 @@ fn data() -> Vec<f32> {
     (0..ROWS * COLS).map(|i| ((i.wrapping_mul(2_654_435_761) % 10_007) as f32 / 5003.5) - 1.0).collect()
 }
 
+/// The CPU's model name (Linux), for the header every run prints: figures hold for one CPU.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
 fn bench(c: &mut Criterion) {
+    println!("CPU: {}; kernel path: {} (supported: {:?})", cpu_model(), Kernel::best().name(), Kernel::supported());
     let values = data();
     let mut g = c.benchmark_group("quantize_64MiB");
     g.sample_size(10);
