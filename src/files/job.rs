@@ -12,6 +12,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::output::{check_unique_output_names, scale_bytes, scale_dtype_of, ArrowWriter, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, Choice};
 use crate::files::verify;
+use crate::files::write_behind::WriteBehind;
 use crate::files::{bad_file, io_error, temp_beside};
 use crate::quant::{
     output_sizes, Allocator, BufferPool, DType, Engine, Kernel, Layout, OutBuffers, QuantSpec, Quantized, ScaleDType,
@@ -228,7 +229,7 @@ pub fn quantize_checkpoint(
         Format::Arrow => None,
     };
     let (temp, file) = TempOutput::create(output, force)?;
-    let mut sink = match &header {
+    let sink = match &header {
         Some(header) => {
             let tensors: serde_json::Map<String, serde_json::Value> = ck
                 .entries()
@@ -262,26 +263,40 @@ pub fn quantize_checkpoint(
     // fresh allocations, and memory stays bounded by the largest tensors.
     let pool = BufferPool::default();
     let engine = Engine::new(Kernel::best(), &pool);
-    for (e, decision) in ck.entries().iter().zip(decisions) {
-        ck.check_unchanged(e)?;
-        let report = match decision {
-            Ok(()) => {
-                let out = quantize_entry(&ck, e, &spec, &engine, &pool, &mut scratch)?;
-                let output_bytes = out.codes.len() + out.scales.len() * spec.scale_dtype.itemsize() + out.zero_points.len();
-                let report = LayerReport::quantized(e, &out, output_bytes);
-                sink.quantized(e, out, spec.scale_dtype, &pool)?;
-                report
+    let (ck, pool) = (&ck, &pool);
+    // The output is written on a second thread while the next tensor is quantized.
+    let sink = std::thread::scope(|scope| -> Result<Sink> {
+        let mut writer = WriteBehind::start(scope, sink);
+        for (e, decision) in ck.entries().iter().zip(decisions) {
+            ck.check_unchanged(e)?;
+            let (report, queued) = match decision {
+                Ok(()) => {
+                    let out = quantize_entry(ck, e, &spec, &engine, pool, &mut scratch)?;
+                    let output_bytes = out.codes.len() + out.scales.len() * spec.scale_dtype.itemsize() + out.zero_points.len();
+                    let report = LayerReport::quantized(e, &out, output_bytes);
+                    ck.release(e); // read: its pages can go
+                    let dtype = spec.scale_dtype;
+                    (report, writer.submit(Box::new(move |sink: &mut Sink| sink.quantized(e, out, dtype, pool))))
+                }
+                Err(reason) => {
+                    // Written from the mapped input, whose pages are released once written.
+                    let job = move |sink: &mut Sink| {
+                        sink.passthrough(e, ck.raw_bytes(e))?;
+                        ck.release(e);
+                        Ok(())
+                    };
+                    (LayerReport::kept(e, reason), writer.submit(Box::new(job)))
+                }
+            };
+            if !queued {
+                break; // the writer stopped on an error: finish() returns it
             }
-            Err(reason) => {
-                sink.passthrough(e, ck.raw_bytes(e))?;
-                LayerReport::kept(e, reason)
-            }
-        };
-        ck.release(e);
-        done += e.nbytes;
-        on_layer(&report, done, total)?;
-        reports.push(report);
-    }
+            done += e.nbytes;
+            on_layer(&report, done, total)?;
+            reports.push(report);
+        }
+        writer.finish()
+    })?;
     sink.finish()?;
     // Exit 0 must mean the output loads: read it back with the reader a user would use.
     match &header {

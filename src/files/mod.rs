@@ -13,6 +13,7 @@ pub mod model_folder;
 pub mod output;
 pub mod select;
 pub mod verify;
+pub mod write_behind;
 
 use crate::error::Error;
 
