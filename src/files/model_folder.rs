@@ -19,6 +19,7 @@ use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
 use crate::files::job::{quantize_entry, LayerReport};
 use crate::files::output::{check_unique_output_names, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, is_embedding, Choice};
+use crate::files::write_behind::WriteBehind;
 use crate::files::{io_error, temp_beside, verify};
 use crate::quant::{BufferPool, Engine, Granularity, Kernel, QuantSpec, ScaleDType};
 use crate::serving::{group_size, module_of, EngineResult, ServingFormat};
@@ -207,36 +208,52 @@ pub fn quantize_model_folder(
     let mut scratch = Scratch::default();
     let pool = BufferPool::default();
     let engine = Engine::new(Kernel::best(), &pool);
+    let (ck, pool) = (&ck, &pool);
     for shard in &shards {
         let path = temp.temp.join(&shard.file);
         let file = File::create(&path).map_err(|e| io_error(&path, "write", &e))?;
-        let mut writer = SafetensorsWriter::create(file, &path, shard.header.clone(), metadata.clone())?;
-        for (i, decision) in &shard.tensors {
-            let e = &ck.entries()[*i];
-            ck.check_unchanged(e)?;
-            let report = match decision {
-                Ok(()) => {
-                    let out = quantize_entry(&ck, e, &spec, &engine, &pool, &mut scratch)?;
-                    let result = EngineResult { codes: &out.codes, scales: &out.scales, zero_points: &out.zero_points };
-                    let mut written = 0;
-                    for (part, bytes) in format.parts(&e.name, &e.shape, &spec).iter().zip(format.encode(&e.shape, &spec, &result)) {
-                        writer.write(&part.name, &bytes)?;
-                        written += bytes.len();
+        let writer = SafetensorsWriter::create(file, &path, shard.header.clone(), metadata.clone())?;
+        // The shard is written on a second thread while the next tensor is quantized.
+        let writer = std::thread::scope(|scope| -> Result<SafetensorsWriter> {
+            let mut behind = WriteBehind::start(scope, writer);
+            for (i, decision) in &shard.tensors {
+                let e = &ck.entries()[*i];
+                ck.check_unchanged(e)?;
+                let (report, queued) = match decision {
+                    Ok(()) => {
+                        let out = quantize_entry(ck, e, &spec, &engine, pool, &mut scratch)?;
+                        ck.release(e); // read: its pages can go
+                        let written = format.parts(&e.name, &e.shape, &spec).iter().map(|p| p.nbytes).sum();
+                        let report = LayerReport::quantized(e, &out, written);
+                        let job = move |writer: &mut SafetensorsWriter| {
+                            let result = EngineResult { codes: &out.codes, scales: &out.scales, zero_points: &out.zero_points };
+                            for (part, bytes) in format.parts(&e.name, &e.shape, &spec).iter().zip(format.encode(&e.shape, &spec, &result)) {
+                                writer.write(&part.name, &bytes)?;
+                            }
+                            out.recycle(pool);
+                            Ok(())
+                        };
+                        (report, behind.submit(Box::new(job)))
                     }
-                    let report = LayerReport::quantized(e, &out, written);
-                    out.recycle(&pool);
-                    report
+                    Err(reason) => {
+                        // Written from the mapped input, whose pages are released once written.
+                        let job = move |writer: &mut SafetensorsWriter| {
+                            writer.write(&e.name, ck.raw_bytes(e))?;
+                            ck.release(e);
+                            Ok(())
+                        };
+                        (LayerReport::kept(e, reason.clone()), behind.submit(Box::new(job)))
+                    }
+                };
+                if !queued {
+                    break; // the writer stopped on an error: finish() returns it
                 }
-                Err(reason) => {
-                    writer.write(&e.name, ck.raw_bytes(e))?;
-                    LayerReport::kept(e, reason.clone())
-                }
-            };
-            ck.release(e);
-            done += e.nbytes;
-            on_layer(&report, done, total)?;
-            reports.push(report);
-        }
+                done += e.nbytes;
+                on_layer(&report, done, total)?;
+                reports.push(report);
+            }
+            behind.finish()
+        })?;
         writer.finish()?;
         // Exit 0 must mean the folder loads: each shard is read back as a reader would.
         verify::safetensors_file(&path, &shard.header)?;
@@ -250,7 +267,7 @@ pub fn quantize_model_folder(
     let mut config = config;
     add_quantization_config(&mut config, format, &spec, kept_linear);
     write_json(&temp.temp.join(CONFIG), &Value::Object(config))?;
-    copy_other_files(input, &temp.temp, &ck)?;
+    copy_other_files(input, &temp.temp, ck)?;
     temp.commit()?;
     Ok(reports)
 }
