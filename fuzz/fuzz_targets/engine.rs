@@ -1,5 +1,6 @@
 //! The engine on arbitrary strided views and specs: never panics, and the fast path (with
-//! and without stats, AVX2 and portable) equals the scalar reference bit for bit.
+//! and without stats, AVX2 and portable) equals the scalar reference bit for bit, and both
+//! builds give the same statistics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +32,14 @@ fuzz_target!(|input: &[u8]| {
     let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };
     let reference = quantize_reference(&view, &spec);
     let best = Kernel::best();
+    // The statistics (fused into the AVX2 encode, a separate pass in the portable build)
+    // are the same bits in every build: same chunks, same lane order (docs/math.md).
+    if spec.stats {
+        let (a, b) = (Engine::new(best, &Fresh).quantize(&view, &spec), Engine::new(Kernel::Portable, &Fresh).quantize(&view, &spec));
+        if let (Ok(a), Ok(b)) = (a, b) {
+            assert_eq!(a.stats, b.stats);
+        }
+    }
     for (kernel, stats) in [(best, spec.stats), (Kernel::Portable, spec.stats), (best, false)] {
         let fast = Engine::new(kernel, &Fresh).quantize(&view, &QuantSpec { stats, ..spec });
         match (&fast, &reference) {
