@@ -500,11 +500,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         let mut last = BlockSums::default();
                         for (k, &x) in rest.iter().enumerate() {
                             let x = x.to_f32();
-                            last.lane(k % 8, x, params.decode_value(params.code_value(x)));
+                            last.lane(k % 8, x, params.code_value(x) - params.zp, params.inv, params.scale);
                         }
                         lanes.add_block(&last);
                     }
-                    lanes.finish(acc);
+                    lanes.finish(acc, params.scale);
                 } else {
                     for block in &mut blocks {
                         cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
@@ -541,18 +541,18 @@ fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc,
     #[cfg(target_arch = "x86_64")]
     if let Some(cpu) = cpu {
         cpu.segment_stats(xs, *params, &mut lanes);
-        lanes.finish(acc);
+        lanes.finish(acc, params.scale);
         return;
     }
-    let (mut values, mut restored) = ([0f32; STAT_BLOCK], [0f32; STAT_BLOCK]);
+    let (mut values, mut offsets) = ([0f32; STAT_BLOCK], [0f32; STAT_BLOCK]);
     for block in xs.chunks(STAT_BLOCK) {
-        for ((v, r), &x) in values.iter_mut().zip(restored.iter_mut()).zip(block) {
+        for ((v, d), &x) in values.iter_mut().zip(offsets.iter_mut()).zip(block) {
             *v = x.to_f32();
-            *r = params.decode_value(params.code_value(*v));
+            *d = params.code_value(*v) - params.zp;
         }
-        lanes.add(&values[..block.len()], &restored[..block.len()]);
+        lanes.add(&values[..block.len()], &offsets[..block.len()], params.inv, params.scale);
     }
-    lanes.finish(acc);
+    lanes.finish(acc, params.scale);
 }
 
 /// Codes encoded per block by the vectorizable path (a multiple of 8, so blocks fill whole

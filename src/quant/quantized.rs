@@ -85,10 +85,10 @@ pub struct Stats {
 
 /// Lanes of one segment's sums (docs/math.md, statistics): a segment (a group's elements
 /// within one row) comes in blocks of at most [`STAT_BLOCK`] elements; element `j` of a
-/// block goes to lane `j % 8`, whose squares are summed in float32 over the block and then
-/// added to the lane's float64 sum, so the loop vectorizes. The lanes are folded in order
-/// into a [`StatsAcc`] when the segment ends. A fixed order, the same in every kernel
-/// build and in the scalar reference.
+/// block goes to lane `j % 8`, whose squares (in units of the scale) are summed in float32
+/// over the block and then added to the lane's float64 sum, so the loop vectorizes. When
+/// the segment ends the lanes are folded in order and scaled by `scale²` into a
+/// [`StatsAcc`]. A fixed order, the same in every kernel build and in the scalar reference.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SegmentLanes {
     sq_err: [f64; STAT_LANES],
@@ -99,39 +99,45 @@ pub struct SegmentLanes {
 /// Lanes of [`SegmentLanes`].
 pub const STAT_LANES: usize = 8;
 
-/// One block's float32 sums per lane (see [`SegmentLanes`]).
+/// One block's float32 sums per lane (see [`SegmentLanes`]). The squares are of values
+/// in units of the group's scale (`x·inv`, and `|x·inv − (q − zp)|` for the error), which
+/// stay below ~2^16 whatever the tensor's magnitude, so float32 sums cannot overflow.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlockSums {
-    /// Σ(x − x')² per lane.
+    /// Σ|x·inv − (q − zp)|² per lane.
     pub sq_err: [f32; STAT_LANES],
-    /// Σx² per lane.
+    /// Σ(x·inv)² per lane.
     pub sq: [f32; STAT_LANES],
-    /// max |x − x'| per lane.
+    /// max |x − (q − zp)·scale| per lane (exact, in the tensor's units).
     pub max_abs: [f32; STAT_LANES],
 }
 
 impl BlockSums {
-    /// Element `x` (dequantized `y`) into lane `k`.
+    /// Element `x`, whose code value less the zero point is `d` (`q − zp`), into lane `k`.
     #[inline(always)]
-    pub fn lane(&mut self, k: usize, x: f32, y: f32) {
-        let err = (x - y).abs();
-        self.sq_err[k] += err * err;
-        self.sq[k] += x * x;
+    pub fn lane(&mut self, k: usize, x: f32, d: f32, inv: f32, scale: f32) {
+        let v = x * inv;
+        let e = (v - d).abs();
+        self.sq_err[k] += e * e;
+        self.sq[k] += v * v;
+        let err = (x - d * scale).abs();
         self.max_abs[k] = if err > self.max_abs[k] { err } else { self.max_abs[k] };
     }
 }
+
 /// Largest block [`SegmentLanes::add`] takes.
 pub const STAT_BLOCK: usize = 64;
 
 impl SegmentLanes {
-    /// Account for one block of values `xs` and their dequantized values `ys` (at most
-    /// [`STAT_BLOCK`] elements; the segment's blocks come in order, each but the last full).
+    /// Account for one block of values `xs` whose code values less the zero point are
+    /// `ds` (at most [`STAT_BLOCK`] elements; the segment's blocks come in order, each but
+    /// the last full), in a group of scale `scale` (`inv` = 1/scale as the encoder has it).
     #[inline(always)]
-    pub fn add(&mut self, xs: &[f32], ys: &[f32]) {
-        debug_assert!(xs.len() <= STAT_BLOCK && xs.len() == ys.len());
+    pub fn add(&mut self, xs: &[f32], ds: &[f32], inv: f32, scale: f32) {
+        debug_assert!(xs.len() <= STAT_BLOCK && xs.len() == ds.len());
         let mut block = BlockSums::default();
-        for (j, (&x, &y)) in xs.iter().zip(ys).enumerate() {
-            block.lane(j % STAT_LANES, x, y);
+        for (j, (&x, &d)) in xs.iter().zip(ds).enumerate() {
+            block.lane(j % STAT_LANES, x, d, inv, scale);
         }
         self.add_block(&block);
     }
@@ -157,17 +163,19 @@ impl SegmentLanes {
         }
     }
 
-    /// Fold the lanes, in order, into `acc`: the segment is done.
+    /// Fold the lanes, in order, into `acc`, back in the tensor's units (× `scale²`, in
+    /// float64): the segment is done.
     #[inline(always)]
-    pub fn finish(self, acc: &mut StatsAcc) {
+    pub fn finish(self, acc: &mut StatsAcc, scale: f32) {
         let (mut sq_err, mut sq, mut max_abs) = (0f64, 0f64, 0f32);
         for k in 0..STAT_LANES {
             sq_err += self.sq_err[k];
             sq += self.sq[k];
             max_abs = if self.max_abs[k] > max_abs { self.max_abs[k] } else { max_abs };
         }
-        acc.sum_sq_err += sq_err;
-        acc.sum_sq += sq;
+        let scale2 = (scale as f64) * (scale as f64);
+        acc.sum_sq_err += sq_err * scale2;
+        acc.sum_sq += sq * scale2;
         acc.max_abs = acc.max_abs.max(max_abs);
     }
 }

@@ -51,9 +51,9 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
             for (&i, &x) in idx.iter().zip(&g) {
                 let q = (x * inv).round_ties_even().clamp(-qmax, qmax);
                 stored[i] = if spec.pack { (q as i32 + (1 << (bits - 1))) as u8 } else { q as i8 as u8 };
-                restored.push(q * scale);
+                restored.push(q);
             }
-            add_stats(&mut acc, &g, &restored, cols);
+            add_stats(&mut acc, &g, &restored, inv, scale, cols);
             scales.push(scale);
         } else {
             let mn = g.iter().fold(0.0f32, |m, &x| m.min(x));
@@ -70,9 +70,9 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
             for (&i, &x) in idx.iter().zip(&g) {
                 let q = ((x * inv).round_ties_even() + zp).clamp(0.0, qmax);
                 stored[i] = q as u8;
-                restored.push((q - zp) * scale);
+                restored.push(q - zp);
             }
-            add_stats(&mut acc, &g, &restored, cols);
+            add_stats(&mut acc, &g, &restored, inv, scale, cols);
             scales.push(scale);
             zps.push(zp as u8);
         }
@@ -90,15 +90,16 @@ pub fn quantize_reference(view: &TensorView<'_>, spec: &QuantSpec) -> Result<Qua
     })
 }
 
-/// The statistics of a group's values `xs` and their dequantized values `ys`, one segment
-/// per row the group covers (docs/math.md: a group within a row; per-tensor, each row).
-fn add_stats(acc: &mut StatsAcc, xs: &[f32], ys: &[f32], cols: usize) {
-    for (x, y) in xs.chunks(cols.max(1)).zip(ys.chunks(cols.max(1))) {
+/// The statistics of a group's values `xs`, whose code values less the zero point are
+/// `ds`, one segment per row the group covers (docs/math.md: a group within a row;
+/// per-tensor, each row), in blocks of `STAT_BLOCK`.
+fn add_stats(acc: &mut StatsAcc, xs: &[f32], ds: &[f32], inv: f32, scale: f32, cols: usize) {
+    for (x, d) in xs.chunks(cols.max(1)).zip(ds.chunks(cols.max(1))) {
         let mut lanes = SegmentLanes::default();
-        for (xb, yb) in x.chunks(STAT_BLOCK).zip(y.chunks(STAT_BLOCK)) {
-            lanes.add(xb, yb);
+        for (xb, db) in x.chunks(STAT_BLOCK).zip(d.chunks(STAT_BLOCK)) {
+            lanes.add(xb, db, inv, scale);
         }
-        lanes.finish(acc);
+        lanes.finish(acc, scale);
     }
 }
 

@@ -411,10 +411,12 @@ pub mod avx2 {
             let r = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
             let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
             if STATS {
-                // As `segment_stats`, from this q.
-                let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(_mm256_sub_ps(q, zp), scale)), abs_mask);
-                sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(err, err));
-                sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(v, v));
+                // As `BlockSums::lane`, from this y = x·inv and q.
+                let d = _mm256_sub_ps(q, zp);
+                let e = _mm256_and_ps(_mm256_sub_ps(y, d), abs_mask);
+                sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(e, e));
+                sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
+                let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
                 sums[2] = _mm256_max_ps(err, sums[2]);
             }
             _mm256_add_epi32(_mm256_cvttps_epi32(q), offset)
@@ -519,11 +521,15 @@ pub mod avx2 {
             for v in &mut vectors {
                 // SAFETY: `v` holds 8 elements; AVX2 and F16C are enabled here.
                 let x = unsafe { W::load8(v.as_ptr()) };
-                let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, inv), magic), magic);
+                let y = _mm256_mul_ps(x, inv);
+                let r = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
                 let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
-                let err = _mm256_and_ps(_mm256_sub_ps(x, _mm256_mul_ps(_mm256_sub_ps(q, zp), scale)), abs_mask);
-                sq_err = _mm256_add_ps(sq_err, _mm256_mul_ps(err, err));
-                sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+                // As `BlockSums::lane`.
+                let d = _mm256_sub_ps(q, zp);
+                let e = _mm256_and_ps(_mm256_sub_ps(y, d), abs_mask);
+                sq_err = _mm256_add_ps(sq_err, _mm256_mul_ps(e, e));
+                sq = _mm256_add_ps(sq, _mm256_mul_ps(y, y));
+                let err = _mm256_and_ps(_mm256_sub_ps(x, _mm256_mul_ps(d, scale)), abs_mask);
                 max_abs = _mm256_max_ps(err, max_abs); // err > max ? err : max
             }
             let mut sums = BlockSums::default();
@@ -535,7 +541,7 @@ pub mod avx2 {
             }
             for (k, &x) in vectors.remainder().iter().enumerate() {
                 let x = x.to_f32();
-                sums.lane(k, x, p.decode_value(p.code_value(x)));
+                sums.lane(k, x, p.code_value(x) - p.zp, p.inv, p.scale);
             }
             lanes.add_block(&sums);
         }

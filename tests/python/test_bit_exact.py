@@ -146,3 +146,15 @@ def test_stats_match_numpy():
     assert q.stats["max_abs_error"] == np.abs(err).max().astype(np.float32)
     assert q.stats["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum(err**2)), rel=1e-7)
     assert qb.quantize(x).stats is None
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e20, 1e36])
+def test_stats_of_huge_and_tiny_tensors_are_finite_and_right(magnitude):
+    """The float32 block sums are of values in units of the scale, so no square overflows
+    (the fuzzer found inf/NaN statistics for 1e20-sized values when they were not)."""
+    x = (np.random.default_rng(2).standard_normal((16, 256)) * magnitude).astype(np.float32)
+    q = qb.quantize(x, bits=4, stats=True)
+    err = x.astype(np.float64) - np.from_dlpack(q.dequantize()).astype(np.float64)
+    assert np.isfinite(q.stats["mse"]) and np.isfinite(q.stats["sqnr_db"])
+    assert q.stats["mse"] == pytest.approx(np.mean(err**2), rel=1e-6)
+    assert q.stats["sqnr_db"] == pytest.approx(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum(err**2)), rel=1e-6)
