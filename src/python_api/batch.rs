@@ -254,7 +254,7 @@ pub fn quantize_batch<'py>(
 }
 
 /// `{name: reason}` for every failed layer.
-fn failure_dict<'py, R: Display>(py: Python<'py>, failures: &[(String, R)]) -> PyResult<Bound<'py, PyDict>> {
+pub fn failure_dict<'py, R: Display>(py: Python<'py>, failures: &[(String, R)]) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     for (name, reason) in failures {
         dict.set_item(name, reason.to_string())?;

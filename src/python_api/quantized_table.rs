@@ -8,7 +8,7 @@ use pyo3::types::{PyCapsule, PyDict, PyTuple};
 use crate::error::Error;
 use crate::foreign::from_python::arrow_table::table_layers;
 use crate::foreign::to_python::arrow::{batch_capsules, stream_capsule};
-use crate::python_api::batch::batch_error;
+use crate::python_api::batch::{batch_error, failure_dict};
 use crate::python_api::metrics::{record, CallRecord, PhaseTimer};
 use crate::python_api::run::detached;
 use crate::python_api::spec_args::spec_from_tuple;
@@ -54,11 +54,7 @@ impl QuantizedTable {
     /// `{layer name: reason}` for the rows left out with `continue_on_error=True`.
     #[getter]
     fn failures<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let dict = PyDict::new(py);
-        for (name, reason) in &self.failures {
-            dict.set_item(name, reason)?;
-        }
-        Ok(dict)
+        failure_dict(py, &self.failures)
     }
 
     fn __len__(&self) -> usize {

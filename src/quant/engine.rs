@@ -498,10 +498,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     rest = blocks.remainder();
                     if !rest.is_empty() {
                         let mut last = BlockSums::default();
-                        for (k, &x) in rest.iter().enumerate() {
-                            let x = x.to_f32();
-                            last.lane(k % 8, x, params.code_value(x) - params.zp, params.inv, params.scale);
-                        }
+                        last.add_values(rest, &params);
                         lanes.add_block(&last);
                     }
                     lanes.finish(acc, params.scale);
@@ -544,13 +541,10 @@ fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc,
         lanes.finish(acc, params.scale);
         return;
     }
-    let (mut values, mut offsets) = ([0f32; STAT_BLOCK], [0f32; STAT_BLOCK]);
     for block in xs.chunks(STAT_BLOCK) {
-        for ((v, d), &x) in values.iter_mut().zip(offsets.iter_mut()).zip(block) {
-            *v = x.to_f32();
-            *d = params.code_value(*v) - params.zp;
-        }
-        lanes.add(&values[..block.len()], &offsets[..block.len()], params.inv, params.scale);
+        let mut sums = BlockSums::default();
+        sums.add_values(block, params);
+        lanes.add_block(&sums);
     }
     lanes.finish(acc, params.scale);
 }

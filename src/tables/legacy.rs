@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BinaryArray, Float32Array, Int64Array, ListArray, RecordBatch, StringArray, UInt8Array};
+use arrow_array::{ArrayRef, BinaryArray, Float32Array, ListArray, RecordBatch, StringArray, UInt8Array};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
@@ -60,14 +60,7 @@ impl TableParts {
             self.zero_points.as_slice()[..n_scales].iter().map(|&z| z as f32).collect()
         };
         let zero_points = float_list(zero_points, self.scale_offsets)?;
-        let mut shape_offsets = vec![0i32];
-        let mut shape_values = Vec::new();
-        for s in &self.shapes {
-            shape_values.extend(s.iter().map(|&d| d as i64));
-            shape_offsets.push(shape_values.len() as i32);
-        }
-        let item = Arc::new(Field::new("item", DataType::Int64, true));
-        let shapes: ArrayRef = Arc::new(ListArray::try_new(item, OffsetBuffer::new(ScalarBuffer::from(shape_offsets)), Arc::new(Int64Array::from(shape_values)), None)?);
+        let shapes = super::shape_list(&self.shapes, Field::new("item", DataType::Int64, true))?;
         let names: ArrayRef = Arc::new(StringArray::from(self.names));
         let bit_width: ArrayRef = Arc::new(UInt8Array::from(vec![self.spec.bits; rows]));
         RecordBatch::try_new(Arc::new(legacy_schema()), vec![names, codes, scales, zero_points, shapes, bit_width])

@@ -104,6 +104,17 @@ fn offsets_i32(v: Vec<i32>) -> OffsetBuffer<i32> {
     OffsetBuffer::new(ScalarBuffer::from(v))
 }
 
+/// The `shape` column: one list<int64> row per tensor, items described by `item`.
+fn shape_list(shapes: &[Vec<usize>], item: Field) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let mut offsets = vec![0i32];
+    let mut values = Vec::new();
+    for s in shapes {
+        values.extend(s.iter().map(|&d| d as i64));
+        offsets.push(values.len() as i32);
+    }
+    Ok(Arc::new(ListArray::try_new(Arc::new(item), offsets_i32(offsets), Arc::new(Int64Array::from(values)), None)?))
+}
+
 impl TableParts {
     /// The record batch; every buffer is moved in, none is copied.
     pub fn into_batch(self) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -136,18 +147,7 @@ impl TableParts {
             zp_values,
             zp_nulls,
         )?);
-        let mut shape_offsets = vec![0i32];
-        let mut shape_values = Vec::new();
-        for s in &self.shapes {
-            shape_values.extend(s.iter().map(|&d| d as i64));
-            shape_offsets.push(shape_values.len() as i32);
-        }
-        let shapes: ArrayRef = Arc::new(ListArray::try_new(
-            Arc::new(Field::new("item", DataType::Int64, false)),
-            offsets_i32(shape_offsets),
-            Arc::new(Int64Array::from(shape_values)),
-            None,
-        )?);
+        let shapes = shape_list(&self.shapes, Field::new("item", DataType::Int64, false))?;
         let bits: ArrayRef = Arc::new(UInt8Array::from(vec![if self.passthrough { 0 } else { self.spec.bits }; rows]));
         let group = match self.spec.granularity {
             Granularity::Group(g) if !self.passthrough => Some(g as i32),
