@@ -498,7 +498,10 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     rest = blocks.remainder();
                     if !rest.is_empty() {
                         let mut last = BlockSums::default();
-                        last.add_values(rest, &params);
+                        for (k, &x) in rest.iter().enumerate() {
+                            let x = x.to_f32();
+                            last.lane(k % 8, x, params.code_value(x) - params.zp, params.inv, params.scale);
+                        }
                         lanes.add_block(&last);
                     }
                     lanes.finish(acc, params.scale);
@@ -541,10 +544,13 @@ fn segment_stats<S: Element>(xs: &[S], params: &GroupParams, acc: &mut StatsAcc,
         lanes.finish(acc, params.scale);
         return;
     }
+    let (mut values, mut offsets) = ([0f32; STAT_BLOCK], [0f32; STAT_BLOCK]);
     for block in xs.chunks(STAT_BLOCK) {
-        let mut sums = BlockSums::default();
-        sums.add_values(block, params);
-        lanes.add_block(&sums);
+        for ((v, d), &x) in values.iter_mut().zip(offsets.iter_mut()).zip(block) {
+            *v = x.to_f32();
+            *d = params.code_value(*v) - params.zp;
+        }
+        lanes.add(&values[..block.len()], &offsets[..block.len()], params.inv, params.scale);
     }
     lanes.finish(acc, params.scale);
 }

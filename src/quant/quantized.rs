@@ -123,16 +123,6 @@ impl BlockSums {
         let err = (x - d * scale).abs();
         self.max_abs[k] = if err > self.max_abs[k] { err } else { self.max_abs[k] };
     }
-
-    /// The elements `xs` of a group encoded with `p`, element `j` into lane `j % 8` (the
-    /// portable statistics, and the tails the vector kernels leave).
-    #[inline(always)]
-    pub fn add_values<S: super::simd::Lane>(&mut self, xs: &[S], p: &GroupParams) {
-        for (j, &x) in xs.iter().enumerate() {
-            let x = x.to_f32();
-            self.lane(j % STAT_LANES, x, p.code_value(x) - p.zp, p.inv, p.scale);
-        }
-    }
 }
 
 /// Largest block [`SegmentLanes::add`] takes.

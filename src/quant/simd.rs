@@ -539,8 +539,10 @@ pub mod avx2 {
                 _mm256_storeu_ps(sums.sq.as_mut_ptr(), sq);
                 _mm256_storeu_ps(sums.max_abs.as_mut_ptr(), max_abs);
             }
-            // The tail (fewer than 8) starts at lane 0.
-            sums.add_values(vectors.remainder(), &p);
+            for (k, &x) in vectors.remainder().iter().enumerate() {
+                let x = x.to_f32();
+                sums.lane(k, x, p.code_value(x) - p.zp, p.inv, p.scale);
+            }
             lanes.add_block(&sums);
         }
     }
