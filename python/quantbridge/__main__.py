@@ -1,11 +1,13 @@
 """quantbridge: quantize a checkpoint tensor by tensor, in bounded memory, and report the error.
 
 Exit codes: 0 done, 1 an error (one line on stderr), 2 a usage error, 130 Ctrl-C, 143
-SIGTERM, 129 SIGHUP; on every failure and signal no output file is left behind.
+SIGTERM, 129 SIGHUP; on every failure and signal nothing is left under the output's name
+(a sharded job keeps its finished shards in a hidden folder beside it, to resume).
 
     quantbridge quantize [INPUT] -o OUTPUT [--format quantbridge|compressed-tensors|mlx]
                          [--bits 4] [--group-size 128] [--symmetric] [--scale-dtype DTYPE]
                          [--include RE] [--exclude RE] [--force] [--report FILE]
+                         [--executor local|ray|dask] [--address ADDR] [--workers N]
     quantbridge quantize MODEL.gguf -o OUT.gguf --gguf-type Q4_K_M   (like llama-quantize)
     quantbridge dequantize INPUT -o OUTPUT [--force]
     quantbridge inspect FILE
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
 from . import QuantizationError, ValidationError, __version__
+from ._sharded import EXECUTORS
 from ._files import FORMATS, compile_patterns, default_checkpoint, dequantize_file, inspect_file, quantize_file
 
 MIB = 2**20
@@ -52,6 +55,16 @@ def _group_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 (one group per row) or a positive size, found {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, found {value}")
     return value
 
 
@@ -101,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="pass tensors whose name matches through unchanged (repeatable)")
     q.add_argument("--force", action="store_true", help="overwrite an existing output")
     q.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON")
+    q.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help="a sharded INPUT (model.safetensors.index.json) is quantized one task per shard: local "
+                        "(a process pool; the default), ray or dask (docs/distributed.md)")
+    q.add_argument("--address", metavar="ADDR",
+                   help="the Ray (ray://HOST:10001 or auto) or Dask (tcp://HOST:8786) cluster; default: start a "
+                        "local one")
+    q.add_argument("--workers", type=_positive, metavar="N",
+                   help="processes (local, dask) or CPUs (ray) of a cluster started here (default: one per core, "
+                        "at most one per shard)")
+    q.add_argument("--max-retries", type=int, default=3, metavar="N",
+                   help="times a shard whose worker died is run again")
     q.add_argument("--quiet", action="store_true", help="no progress and no table")
 
     d = sub.add_parser("dequantize", help="restore a quantbridge .safetensors output to float32",
@@ -129,6 +153,11 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.count = 0
         self.next_line = 0.1
+        self.shards = ""
+
+    def shard_done(self, done: int, total: int) -> None:
+        """A sharded job finished its ``done``-th shard of ``total``."""
+        self.shards = f"{done}/{total} shards, "
 
     def __call__(self, report: dict[str, Any], done: int, total: int) -> None:
         self.count += 1
@@ -141,7 +170,7 @@ class ProgressBar:
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
-        text = (f"{self.count} tensors, {done / MIB:.1f}/{total / MIB:.1f} MiB ({fraction:4.0%}), "
+        text = (f"{self.shards}{self.count} tensors, {done / MIB:.1f}/{total / MIB:.1f} MiB ({fraction:4.0%}), "
                 f"{rate / MIB:.0f} MiB/s, ETA {eta:.0f}s")
         if self.tty:
             width = 24
@@ -241,7 +270,8 @@ def _quantize(args: argparse.Namespace) -> int:
             source, args.output, format=args.format, bits=args.bits, group_size=group_size,
             symmetric=args.symmetric,
             scale_dtype=args.scale_dtype, include=args.include, exclude=args.exclude, force=args.force,
-            progress=bar, gguf_type=args.gguf_type,
+            progress=bar, gguf_type=args.gguf_type, executor=args.executor, address=args.address,
+            workers=args.workers, max_retries=args.max_retries,
         )
     finally:
         bar.close()
@@ -295,6 +325,12 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_notes(exc: BaseException) -> None:
+    """What the job added to the error (a sharded job: where its finished shards are kept)."""
+    for note in getattr(exc, "__notes__", []):
+        print(f"quantbridge: {note}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = {"quantize": _quantize, "dequantize": _dequantize, "inspect": _inspect}[args.command]
@@ -306,15 +342,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `quantbridge inspect FILE | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("quantbridge: interrupted; no output was written", file=sys.stderr)
+        _print_notes(exc)
         return 130
     except Terminated as exc:
         print(f"quantbridge: stopped by {exc}; no output was written", file=sys.stderr)
+        _print_notes(exc)
         return 128 + exc.signum
     except (QuantizationError, OSError, ValueError) as exc:
         message = " ".join(str(exc).split())  # one line
         print(f"quantbridge: error: {message}", file=sys.stderr)
+        _print_notes(exc)
         return 1
     finally:
         for s, handler in previous.items():

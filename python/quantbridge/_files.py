@@ -14,7 +14,8 @@ from typing import Any
 
 from . import _native
 from ._api import _spec
-from ._native import ValidationError
+from ._errors import validation_error
+from ._sharded import INDEX, is_sharded, quantize_sharded
 
 __all__ = ["default_checkpoint", "dequantize_file", "inspect_file", "quantize_file"]
 
@@ -22,6 +23,8 @@ Progress = Callable[[dict[str, Any], int, int], object]
 
 
 FORMATS = ("quantbridge", "compressed-tensors", "mlx")
+# quantbridge's format writes one file to these; any other OUTPUT is a folder.
+SINGLE_FILE_SUFFIXES = (".safetensors", ".arrow", ".ipc", ".feather")
 
 
 def default_checkpoint() -> Path:
@@ -48,9 +51,7 @@ def compile_patterns(patterns: Iterable[str], option: str) -> list[re.Pattern[st
             found = f"the pattern {p!r}, which is not a regular expression ({exc})"
             expected = "a Python regular expression"
             fix = f"escape special characters, e.g. {re.escape(p)!r}"
-            error = ValidationError(f"{option}: found {found}; expected {expected}. Fix: {fix}")
-            error.layer, error.found, error.expected, error.fix = "", found, expected, fix
-            raise error from None
+            raise validation_error(option, found, expected, fix) from None
     return compiled
 
 
@@ -88,6 +89,10 @@ def quantize_file(
     force: bool = False,
     progress: Progress | None = None,
     gguf_type: str | None = None,
+    executor: str | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    max_retries: int = 3,
 ) -> list[dict[str, Any]]:
     """Quantize a checkpoint into ``output``, one tensor at a time, and return one report
     per tensor.
@@ -115,6 +120,18 @@ def quantize_file(
     tensors quantized (``Q4_K``/``Q5_K`` are llama-quantize's aliases of the ``_M``
     mixtures), ``format`` and the spec do not apply.
 
+    A **sharded** ``input`` (a folder with ``model.safetensors.index.json``) written to a
+    folder (every ``format`` but a quantbridge ``.safetensors``/``.arrow`` file) is
+    quantized one task per shard by ``executor`` (docs/distributed.md): ``"local"`` (the
+    default: a process pool of ``workers``, default one per core up to the shard count),
+    ``"ray"`` (the cluster at ``address``, or a local Ray instance of ``workers`` CPUs) or
+    ``"dask"`` (the scheduler at ``address``, or a ``LocalCluster`` of ``workers``). The
+    output is byte-identical whatever the executor and worker count. Lost workers are
+    retried (``max_retries``); the folder is built in ``.<output>.partial`` beside
+    ``output`` with a manifest of finished shards, and running the same job again after a
+    crash skips the shards already finished (size and SHA-256 verified). quantbridge's
+    format then writes one ``.safetensors`` per input shard and an index.
+
     ``include`` / ``exclude`` (regular expressions, ``re.search``) override the default:
     with ``include``, exactly the matching tensors that the format can store quantized;
     ``exclude`` keeps matching tensors unchanged. Every report of a kept tensor says why
@@ -133,6 +150,10 @@ def quantize_file(
         force: replace an existing output.
         progress: ``progress(report, bytes_done, bytes_total)`` after each tensor.
         gguf_type: a GGUF type or mixture for a GGUF-to-GGUF job (above).
+        executor: ``"local"``, ``"ray"`` or ``"dask"`` for a sharded input (above).
+        address: the Ray or Dask cluster to run on; ``None`` starts a local one.
+        workers: processes (local, Dask's ``LocalCluster``) or CPUs (a local Ray).
+        max_retries: how often a shard whose worker died is run again.
 
     Returns:
         One report dict per tensor, in file order: ``name``, ``dtype``, ``shape``,
@@ -146,8 +167,22 @@ def quantize_file(
     """
     source = default_checkpoint() if input is None else Path(input)
     spec = _spec(bits, group_size, symmetric, granularity, scale_dtype or "float32")
+    output = Path(output)
+    single_file = format == "quantbridge" and output.suffix in SINGLE_FILE_SUFFIXES
+    if gguf_type is None and not single_file and is_sharded(source):
+        return quantize_sharded(
+            source, output, spec=spec, format=format, scale_dtype_given=scale_dtype is not None,
+            include=tuple(include), exclude=tuple(exclude), force=force, progress=progress,
+            executor=executor or "local", address=address, workers=workers, max_retries=max_retries,
+        )
+    if executor is not None:
+        found = ("a GGUF job" if gguf_type else f"a single-file output {output.name}" if single_file
+                 else f"an input that is not sharded ({source.name})")
+        raise validation_error(
+            "executor", found, f"a sharded input (a folder with {INDEX}) written to a folder",
+            "drop --executor (the job runs in this process), or write to a folder (-o NAME without .safetensors)")
     return _native.quantize_file(
-        source, Path(output), spec, format=format, scale_dtype_given=scale_dtype is not None, force=force,
+        source, output, spec, format=format, scale_dtype_given=scale_dtype is not None, force=force,
         select=_selector(include, exclude), progress=progress, gguf_type=gguf_type,
     )
 

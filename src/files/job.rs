@@ -309,7 +309,7 @@ pub fn quantize_checkpoint(
 
 /// The safetensors header of the quantized output: `<name>.codes`, `.scales` and (when
 /// asymmetric) `.zero_points` for each quantized tensor, the tensor itself otherwise.
-fn quantized_header(ck: &Checkpoint, quantize: &[bool], spec: &QuantSpec) -> Vec<HeaderEntry> {
+pub(crate) fn quantized_header(ck: &Checkpoint, quantize: &[bool], spec: &QuantSpec) -> Vec<HeaderEntry> {
     let mut header = Vec::new();
     for (e, &q) in ck.entries().iter().zip(quantize) {
         if !q {

@@ -12,6 +12,7 @@ pub mod mmap;
 pub mod model_folder;
 pub mod output;
 pub mod select;
+pub mod shards;
 pub mod verify;
 pub mod write_behind;
 

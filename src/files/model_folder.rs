@@ -8,7 +8,6 @@
 //! leaves nothing under the output's name.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
@@ -16,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::files::checkpoint::{Checkpoint, Entry, Scratch};
-use crate::files::job::{quantize_entry, LayerReport};
+use crate::files::job::{quantize_entry, LayerReport, TempOutput};
 use crate::files::output::{check_unique_output_names, HeaderEntry, SafetensorsWriter};
 use crate::files::select::{decide, is_embedding, Choice};
 use crate::files::write_behind::WriteBehind;
@@ -126,93 +125,126 @@ pub struct FolderJob<'a> {
     pub select: &'a dyn Fn(&Entry) -> Choice,
 }
 
-/// Quantize the Hugging Face model folder `input` into the serving folder `output`.
-pub fn quantize_model_folder(
-    input: &Path,
-    output: &Path,
-    job: &FolderJob<'_>,
-    on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
-) -> Result<Vec<LayerReport>> {
-    let format = job.format;
-    let config_path = input.join(CONFIG);
-    if !input.is_dir() || !config_path.is_file() {
-        return Err(Error::validation(
-            format!("{}: {} without a config.json", input.display(), if input.is_dir() { "a folder" } else { "a file, not a folder," }),
-            format!("a Hugging Face model folder for --format {} (config.json + model.safetensors, or shards with model.safetensors.index.json)", format.name()),
-            "pass the model's folder (the format's quantization block goes into its config.json), or use --format quantbridge for a bare checkpoint",
-        ));
-    }
-    let config = read_config(&config_path)?;
-    check_output_outside(input, output)?;
-    let ck = Checkpoint::open(input)?;
-    let dtype = model_dtype(&config, &ck);
-    if job.scale_dtype_given && job.spec.scale_dtype != dtype {
-        return Err(Error::validation(
-            format!("scale dtype {} for a {} model", job.spec.scale_dtype.name(), dtype.name()),
-            format!("{} scales: {} stores scales in the model's dtype", dtype.name(), format.name()),
-            "drop --scale-dtype (it defaults to the model's dtype for this format)",
-        ));
-    }
-    let spec = QuantSpec { scale_dtype: dtype, stats: true, ..job.spec };
-    format.check_spec(&spec)?;
+/// Everything a folder job decides before a byte is written: the opened input, the spec
+/// in the model's dtype, and each output shard's header. A shard-parallel job builds the
+/// same plan on its driver and on every worker (it is a pure function of the input and
+/// the options), so each worker writes exactly the bytes the serial job would.
+pub struct FolderPlan {
+    input: PathBuf,
+    config: Map<String, Value>,
+    ck: Checkpoint,
+    format: ServingFormat,
+    spec: QuantSpec,
+    shards: Vec<Shard>,
+    kept_linear: Vec<String>,
+}
 
-    // Plan every shard before a byte is written: names are checked across the folder.
-    let mut shards: Vec<Shard> = Vec::new();
-    let mut kept_linear: Vec<String> = Vec::new();
-    for (i, e) in ck.entries().iter().enumerate() {
-        let file = ck.file_of(e).and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model.safetensors").to_owned();
-        if shards.last().is_none_or(|s| s.file != file) {
-            shards.push(Shard { file, header: Vec::new(), tensors: Vec::new() });
+impl FolderPlan {
+    /// Plan the job `input` → `output` (checked to lie outside `input`).
+    pub fn new(input: &Path, output: &Path, job: &FolderJob<'_>) -> Result<Self> {
+        let format = job.format;
+        let config_path = input.join(CONFIG);
+        if !input.is_dir() || !config_path.is_file() {
+            return Err(Error::validation(
+                format!("{}: {} without a config.json", input.display(), if input.is_dir() { "a folder" } else { "a file, not a folder," }),
+                format!("a Hugging Face model folder for --format {} (config.json + model.safetensors, or shards with model.safetensors.index.json)", format.name()),
+                "pass the model's folder (the format's quantization block goes into its config.json), or use --format quantbridge for a bare checkpoint",
+            ));
         }
-        let shard = shards.last_mut().expect("pushed above");
-        let decision = decide(e, Some(format), &spec, &(job.select)(e));
-        match &decision {
-            Ok(()) => shard.header.extend(format.parts(&e.name, &e.shape, &spec).into_iter().map(|p| HeaderEntry {
-                name: p.name,
-                dtype: p.dtype,
-                shape: p.shape,
-                nbytes: p.nbytes,
-                from: format!("the quantized tensor {:?} in {}", e.name, shard.file),
-            })),
-            Err(_) => {
-                // A kept 2-D weight of a module that is not an embedding is a Linear the
-                // format's config must tell the loader to leave alone.
-                if let Some(module) = module_of(&e.name).filter(|m| e.shape.len() == 2 && !is_embedding(m)) {
-                    kept_linear.push(module.to_owned());
-                }
-                shard.header.push(HeaderEntry {
-                    name: e.name.clone(),
-                    dtype: e.dtype,
-                    shape: e.shape.clone(),
-                    nbytes: e.nbytes,
-                    from: format!("the input tensor {:?} in {} (passed through)", e.name, shard.file),
-                });
+        let config = read_config(&config_path)?;
+        check_output_outside(input, output)?;
+        let ck = Checkpoint::open(input)?;
+        let dtype = model_dtype(&config, &ck);
+        if job.scale_dtype_given && job.spec.scale_dtype != dtype {
+            return Err(Error::validation(
+                format!("scale dtype {} for a {} model", job.spec.scale_dtype.name(), dtype.name()),
+                format!("{} scales: {} stores scales in the model's dtype", dtype.name(), format.name()),
+                "drop --scale-dtype (it defaults to the model's dtype for this format)",
+            ));
+        }
+        let spec = QuantSpec { scale_dtype: dtype, stats: true, ..job.spec };
+        format.check_spec(&spec)?;
+
+        // Plan every shard before a byte is written: names are checked across the folder.
+        let mut shards: Vec<Shard> = Vec::new();
+        let mut kept_linear: Vec<String> = Vec::new();
+        for (i, e) in ck.entries().iter().enumerate() {
+            let file = ck.file_of(e).and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model.safetensors").to_owned();
+            if shards.last().is_none_or(|s| s.file != file) {
+                shards.push(Shard { file, header: Vec::new(), tensors: Vec::new() });
             }
+            let shard = shards.last_mut().expect("pushed above");
+            let decision = decide(e, Some(format), &spec, &(job.select)(e));
+            match &decision {
+                Ok(()) => shard.header.extend(format.parts(&e.name, &e.shape, &spec).into_iter().map(|p| HeaderEntry {
+                    name: p.name,
+                    dtype: p.dtype,
+                    shape: p.shape,
+                    nbytes: p.nbytes,
+                    from: format!("the quantized tensor {:?} in {}", e.name, shard.file),
+                })),
+                Err(_) => {
+                    // A kept 2-D weight of a module that is not an embedding is a Linear the
+                    // format's config must tell the loader to leave alone.
+                    if let Some(module) = module_of(&e.name).filter(|m| e.shape.len() == 2 && !is_embedding(m)) {
+                        kept_linear.push(module.to_owned());
+                    }
+                    shard.header.push(HeaderEntry {
+                        name: e.name.clone(),
+                        dtype: e.dtype,
+                        shape: e.shape.clone(),
+                        nbytes: e.nbytes,
+                        from: format!("the input tensor {:?} in {} (passed through)", e.name, shard.file),
+                    });
+                }
+            }
+            shard.tensors.push((i, decision));
         }
-        shard.tensors.push((i, decision));
+        let all: Vec<HeaderEntry> = shards.iter().flat_map(|s| s.header.iter().cloned()).collect();
+        check_unique_output_names(&all)?;
+        Ok(FolderPlan { input: input.to_owned(), config, ck, format, spec, shards, kept_linear })
     }
-    let all: Vec<HeaderEntry> = shards.iter().flat_map(|s| s.header.iter().cloned()).collect();
-    check_unique_output_names(&all)?;
 
-    let temp = TempFolder::create(output, job.force)?;
-    let metadata = BTreeMap::from([(
-        "format".to_owned(),
-        match format {
-            ServingFormat::CompressedTensors => "pt",
-            ServingFormat::Mlx => "mlx",
-        }
-        .to_owned(),
-    )]);
-    let total = ck.data_bytes();
-    let (mut done, mut reports) = (0, Vec::with_capacity(ck.entries().len()));
-    let mut scratch = Scratch::default();
-    let pool = BufferPool::default();
-    let engine = Engine::new(Kernel::best(), &pool);
-    let (ck, pool) = (&ck, &pool);
-    for shard in &shards {
-        let path = temp.temp.join(&shard.file);
-        let file = File::create(&path).map_err(|e| io_error(&path, "write", &e))?;
-        let writer = SafetensorsWriter::create(file, &path, shard.header.clone(), metadata.clone())?;
+    /// The output shards' file names, in order (the input's).
+    pub fn shard_files(&self) -> Vec<&str> {
+        self.shards.iter().map(|s| s.file.as_str()).collect()
+    }
+
+    /// The opened input.
+    pub fn into_checkpoint(self) -> Checkpoint {
+        self.ck
+    }
+
+    /// Write output shard `file` into `folder`: under a temporary name, synced, read back
+    /// as a reader would, then renamed. `on_layer` gets each tensor's report with the bytes
+    /// done so far in this shard and the shard's total.
+    pub fn write_shard(
+        &self,
+        file: &str,
+        folder: &Path,
+        on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
+    ) -> Result<Vec<LayerReport>> {
+        let shard = self.shards.iter().find(|s| s.file == file).ok_or_else(|| {
+            Error::validation(format!("a shard {file:?}"), "one of the input's shards", "pass a shard the index lists")
+        })?;
+        let (format, spec) = (self.format, self.spec);
+        let metadata = BTreeMap::from([(
+            "format".to_owned(),
+            match format {
+                ServingFormat::CompressedTensors => "pt",
+                ServingFormat::Mlx => "mlx",
+            }
+            .to_owned(),
+        )]);
+        let total: usize = shard.tensors.iter().map(|(i, _)| self.ck.entries()[*i].nbytes).sum();
+        let (mut done, mut reports) = (0, Vec::with_capacity(shard.tensors.len()));
+        let mut scratch = Scratch::default();
+        let pool = BufferPool::default();
+        let engine = Engine::new(Kernel::best(), &pool);
+        let (ck, pool) = (&self.ck, &pool);
+        let path = folder.join(&shard.file);
+        let (temp, file) = TempOutput::create(&path, true)?;
+        let writer = SafetensorsWriter::create(file, &path, shard.header.clone(), metadata)?;
         // The shard is written on a second thread while the next tensor is quantized.
         let writer = std::thread::scope(|scope| -> Result<SafetensorsWriter> {
             let mut behind = WriteBehind::start(scope, writer);
@@ -256,18 +288,48 @@ pub fn quantize_model_folder(
         })?;
         writer.finish()?;
         // Exit 0 must mean the folder loads: each shard is read back as a reader would.
-        verify::safetensors_file(&path, &shard.header)?;
+        verify::safetensors_file(&temp.temp, &shard.header)?;
+        temp.commit()?;
+        Ok(reports)
     }
-    if input.join(INDEX).is_file() {
-        let weight_map: Map<String, Value> =
-            shards.iter().flat_map(|s| s.header.iter().map(|h| (h.name.clone(), Value::from(s.file.clone())))).collect();
-        let total_size: usize = all.iter().map(|h| h.nbytes).sum();
-        write_json(&temp.temp.join(INDEX), &json!({"metadata": {"total_size": total_size}, "weight_map": weight_map}))?;
+
+    /// Complete `folder` once every shard is in it: the index (for a sharded input),
+    /// `config.json` with the format's quantization block, and the input's other files.
+    pub fn finish(&self, folder: &Path) -> Result<()> {
+        if self.input.join(INDEX).is_file() {
+            let weight_map: Map<String, Value> = self
+                .shards
+                .iter()
+                .flat_map(|s| s.header.iter().map(|h| (h.name.clone(), Value::from(s.file.clone()))))
+                .collect();
+            let total_size: usize = self.shards.iter().flat_map(|s| s.header.iter()).map(|h| h.nbytes).sum();
+            write_json(&folder.join(INDEX), &json!({"metadata": {"total_size": total_size}, "weight_map": weight_map}))?;
+        }
+        let mut config = self.config.clone();
+        add_quantization_config(&mut config, self.format, &self.spec, self.kept_linear.clone());
+        write_json(&folder.join(CONFIG), &Value::Object(config))?;
+        copy_other_files(&self.input, folder, &self.ck)
     }
-    let mut config = config;
-    add_quantization_config(&mut config, format, &spec, kept_linear);
-    write_json(&temp.temp.join(CONFIG), &Value::Object(config))?;
-    copy_other_files(input, &temp.temp, ck)?;
+}
+
+/// Quantize the Hugging Face model folder `input` into the serving folder `output`.
+pub fn quantize_model_folder(
+    input: &Path,
+    output: &Path,
+    job: &FolderJob<'_>,
+    on_layer: &mut dyn FnMut(&LayerReport, usize, usize) -> Result<()>,
+) -> Result<Vec<LayerReport>> {
+    let plan = FolderPlan::new(input, output, job)?;
+    let temp = TempFolder::create(output, job.force)?;
+    let total = plan.ck.data_bytes();
+    let (mut before, mut reports) = (0, Vec::with_capacity(plan.ck.entries().len()));
+    for file in plan.shard_files() {
+        let mut in_shard = |r: &LayerReport, done: usize, _: usize| on_layer(r, before + done, total);
+        let shard_reports = plan.write_shard(file, &temp.temp, &mut in_shard)?;
+        before += shard_reports.iter().map(|r| r.input_bytes).sum::<usize>();
+        reports.extend(shard_reports);
+    }
+    plan.finish(&temp.temp)?;
     temp.commit()?;
     Ok(reports)
 }

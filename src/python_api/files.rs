@@ -16,6 +16,7 @@ use crate::files::job::{dequantize_checkpoint, quantize_checkpoint, LayerReport}
 use crate::files::gguf_job::{quantize_gguf_file, GgufTarget};
 use crate::files::model_folder::{quantize_model_folder, FolderJob};
 use crate::files::select::Choice;
+use crate::files::shards::{self, ShardedJob};
 use crate::serving::ServingFormat;
 
 fn report_dict<'py>(py: Python<'py>, r: &LayerReport, bits: u8) -> PyResult<Bound<'py, PyDict>> {
@@ -100,6 +101,38 @@ fn choice_of(value: &Bound<'_, PyAny>) -> PyResult<Choice> {
     }
 }
 
+/// The caller's `select(name, ndim)` as the job's selector; the first Python error it
+/// raises is kept and stops the job at its end.
+struct Selector<'a> {
+    select: Option<&'a Py<PyAny>>,
+    error: std::sync::Mutex<Option<PyErr>>,
+}
+
+impl<'a> Selector<'a> {
+    fn new(select: Option<&'a Py<PyAny>>) -> Self {
+        Selector { select, error: std::sync::Mutex::new(None) }
+    }
+
+    fn choice(&self, e: &Entry) -> Choice {
+        let Some(f) = self.select else { return Choice::Default };
+        Python::attach(|py| match f.bind(py).call1((&e.name, e.shape.len())).and_then(|r| choice_of(&r)) {
+            Ok(choice) => choice,
+            Err(err) => {
+                self.error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
+                Choice::Keep("select() raised".into())
+            }
+        })
+    }
+
+    /// `result`, with a Python error from `select` moved into `callback_error`.
+    fn finish<T>(self, result: crate::Result<T>, callback_error: &mut Option<CallbackError>) -> crate::Result<T> {
+        if let Some(e) = self.error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            *callback_error = Some(CallbackError(e));
+        }
+        result
+    }
+}
+
 /// `quantize_file(input, output, spec, format, scale_dtype_given, force, select, progress)`:
 /// returns one report dict per tensor, in file order.
 #[pyfunction]
@@ -122,17 +155,8 @@ pub fn quantize_file<'py>(
     let gguf_target = gguf_type.map(GgufTarget::parse).transpose().map_err(|e| to_pyerr(py, e.into(), None))?;
     let mut timer = PhaseTimer::start();
     let reports = run_job(py, |callback_error| {
-        let select_error = std::sync::Mutex::new(None::<PyErr>);
-        let select_fn = |e: &Entry| -> Choice {
-            let Some(f) = &select else { return Choice::Default };
-            Python::attach(|py| match f.bind(py).call1((&e.name, e.shape.len())).and_then(|r| choice_of(&r)) {
-                Ok(choice) => choice,
-                Err(err) => {
-                    select_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
-                    Choice::Keep("select() raised".into())
-                }
-            })
-        };
+        let selector = Selector::new(select.as_ref());
+        let select_fn = |e: &Entry| selector.choice(e);
         let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
             report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
         };
@@ -144,10 +168,7 @@ pub fn quantize_file<'py>(
                 quantize_model_folder(&input, &output, &job, &mut on_layer)
             }
         };
-        if let Some(e) = select_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            *callback_error = Some(CallbackError(e));
-        }
-        result
+        selector.finish(result, callback_error)
     })?;
     let list = report_list(py, &reports, spec.bits)?;
     let rec = CallRecord {
@@ -204,4 +225,101 @@ pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
     }
     d.set_item("tensors", tensors)?;
     Ok(d)
+}
+
+/// The options of a sharded job from Python: `format` "quantbridge" is quantbridge's layout.
+fn sharded_format(py: Python<'_>, format: &str) -> PyResult<Option<ServingFormat>> {
+    ServingFormat::parse(format).map_err(|e| to_pyerr(py, e.into(), None))
+}
+
+/// `shard_plan(input, output, spec, format, scale_dtype_given, select)`: check a sharded
+/// job as the serial one would before writing; one dict per input shard (`file`,
+/// `input_bytes`, `largest_tensor`, `tensors`), in the index's order.
+#[pyfunction]
+#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, select=None))]
+pub fn shard_plan<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    output: PathBuf,
+    spec: &Bound<'py, PyTuple>,
+    format: &str,
+    scale_dtype_given: bool,
+    select: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let spec = spec_from_tuple(spec)?;
+    let format = sharded_format(py, format)?;
+    let plan = run_job(py, |callback_error| {
+        let selector = Selector::new(select.as_ref());
+        let select_fn = |e: &Entry| selector.choice(e);
+        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
+        let result = shards::plan(&input, &output, &job);
+        selector.finish(result, callback_error)
+    })?;
+    let list = PyList::empty(py);
+    for s in plan {
+        let d = PyDict::new(py);
+        d.set_item("file", s.file)?;
+        d.set_item("input_bytes", s.input_bytes)?;
+        d.set_item("largest_tensor", s.largest_tensor)?;
+        d.set_item("tensors", s.tensors)?;
+        list.append(d)?;
+    }
+    Ok(list)
+}
+
+/// `quantize_shard(input, file, folder, spec, format, scale_dtype_given, select, progress)`:
+/// write output shard `file` into `folder` (temporary name, synced, read back, renamed);
+/// one report dict per tensor of the shard.
+#[pyfunction]
+#[pyo3(signature = (input, file, folder, spec, format="quantbridge", scale_dtype_given=false, select=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_shard<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    file: &str,
+    folder: PathBuf,
+    spec: &Bound<'py, PyTuple>,
+    format: &str,
+    scale_dtype_given: bool,
+    select: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let spec = spec_from_tuple(spec)?;
+    let format = sharded_format(py, format)?;
+    let reports = run_job(py, |callback_error| {
+        let selector = Selector::new(select.as_ref());
+        let select_fn = |e: &Entry| selector.choice(e);
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
+            report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
+        };
+        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
+        let result = shards::quantize_shard(&input, file, &folder, &job, &mut on_layer);
+        selector.finish(result, callback_error)
+    })?;
+    report_list(py, &reports, spec.bits)
+}
+
+/// `finish_shards(input, folder, spec, format, scale_dtype_given, select)`: write what needs
+/// every shard (the index; for a serving format also `config.json` and the input's other
+/// files) into `folder`.
+#[pyfunction]
+#[pyo3(signature = (input, folder, spec, format="quantbridge", scale_dtype_given=false, select=None))]
+pub fn finish_shards<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    folder: PathBuf,
+    spec: &Bound<'py, PyTuple>,
+    format: &str,
+    scale_dtype_given: bool,
+    select: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let spec = spec_from_tuple(spec)?;
+    let format = sharded_format(py, format)?;
+    run_job(py, |callback_error| {
+        let selector = Selector::new(select.as_ref());
+        let select_fn = |e: &Entry| selector.choice(e);
+        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
+        let result = shards::finish(&input, &folder, &job);
+        selector.finish(result, callback_error)
+    })
 }

@@ -71,6 +71,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(files::quantize_file, m)?)?;
     m.add_function(wrap_pyfunction!(files::dequantize_file, m)?)?;
     m.add_function(wrap_pyfunction!(files::inspect_file, m)?)?;
+    m.add_function(wrap_pyfunction!(files::shard_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(files::quantize_shard, m)?)?;
+    m.add_function(wrap_pyfunction!(files::finish_shards, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::reset_metrics, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::configure_metrics, m)?)?;
