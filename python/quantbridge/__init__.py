@@ -28,7 +28,7 @@ from ._native import (
 )
 from ._api import dequantize, quantize, quantize_arrow, quantize_arrow_batch, quantize_batch
 from ._files import dequantize_file, inspect_file, quantize_file
-from . import compat
+from . import compat, dask, ray
 
 __all__ = [
     "BatchQuantizationError",
@@ -41,6 +41,8 @@ __all__ = [
     "QuantizedTensor",
     "ValidationError",
     "compat",
+    "dask",
+    "ray",
     "__version__",
     "configure_buffer_pool",
     "configure_metrics",

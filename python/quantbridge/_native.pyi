@@ -142,6 +142,32 @@ def dequantize_file(
     progress: Callable[[dict[str, Any], int, int], object] | None = None,
 ) -> list[dict[str, Any]]: ...
 def inspect_file(path: Any) -> dict[str, Any]: ...
+def shard_plan(
+    input: Any,
+    output: Any,
+    spec: _Spec,
+    format: str = "quantbridge",
+    scale_dtype_given: bool = False,
+    select: Callable[[str, int], bool | str | None] | None = None,
+) -> list[dict[str, Any]]: ...
+def quantize_shard(
+    input: Any,
+    file: str,
+    folder: Any,
+    spec: _Spec,
+    format: str = "quantbridge",
+    scale_dtype_given: bool = False,
+    select: Callable[[str, int], bool | str | None] | None = None,
+    progress: Callable[[dict[str, Any], int, int], object] | None = None,
+) -> list[dict[str, Any]]: ...
+def finish_shards(
+    input: Any,
+    folder: Any,
+    spec: _Spec,
+    format: str = "quantbridge",
+    scale_dtype_given: bool = False,
+    select: Callable[[str, int], bool | str | None] | None = None,
+) -> None: ...
 def metrics() -> dict[str, Any]: ...
 def reset_metrics() -> None: ...
 def configure_metrics(

@@ -83,9 +83,11 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     from ._files import _selector  # the worker rebuilds the caller's patterns
 
     progress = None
-    if task.kill_marker is not None and not os.path.exists(task.kill_marker):
+    marker = task.kill_marker
+    if marker is not None and not os.path.exists(marker):
         def progress(report: dict[str, Any], done: int, total: int) -> None:
-            Path(task.kill_marker).touch()  # type: ignore[arg-type]
+            with contextlib.suppress(OSError):  # no marker folder: die on every attempt
+                Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)  # a worker lost mid-shard
 
     reports = _native.quantize_shard(
@@ -107,7 +109,7 @@ def _task_memory(shard: dict[str, Any]) -> int:
 def _run_local(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_retries: int,
                address: str | None) -> Iterator[dict[str, Any]]:
     """Up to ``workers`` shards at a time, each in a fresh ``python -m
-    quantbridge._sharded`` process (``workers == 1``: in this process). A process per
+    quantbridge._shard_worker`` process (``workers == 1``: in this process). A process per
     shard makes a death attributable, so only that shard is run again (at most
     ``max_retries`` times), and it needs neither ``fork`` in a threaded caller nor the
     caller's ``if __name__ == "__main__"`` guard, as a ``multiprocessing`` pool would."""
@@ -131,31 +133,18 @@ def _run_local(tasks: list[ShardTask], memory: dict[str, int], workers: int, max
 def _in_subprocess(task: ShardTask, max_retries: int) -> dict[str, Any]:
     """``run_shard(task)`` in a child process, again if the child is killed."""
     for attempt in range(max_retries + 1):
-        child = subprocess.run([sys.executable, "-m", "quantbridge._sharded"], input=pickle.dumps(task),
+        child = subprocess.run([sys.executable, "-m", "quantbridge._shard_worker"], input=pickle.dumps(task),
                                capture_output=True, check=False)
         if child.returncode == 0:
             return pickle.loads(child.stdout)
         if child.returncode == 1 and child.stdout:
             raise pickle.loads(child.stdout)  # the task's own error, as it was raised
-        died = (f"killed by {signal.Signals(-child.returncode).name}" if child.returncode < 0
-                else f"exited with status {child.returncode}")
+        died = (f"died (killed by {signal.Signals(-child.returncode).name})" if child.returncode < 0
+                else f"died (exit status {child.returncode})")
         stderr = child.stderr.decode(errors="replace").strip().splitlines()[-1:]
     raise QuantizationError(
         f"shard {task.file}: its worker process {died} {attempt + 1} times (max_retries={max_retries})"
         f"{': ' + stderr[0] if stderr else ''}; check the machine's memory (dmesg) or raise --max-retries")
-
-
-def _worker_main() -> int:
-    """``python -m quantbridge._sharded``: one pickled task on stdin, its pickled result (or
-    exception, exit status 1) on stdout."""
-    task = pickle.load(sys.stdin.buffer)
-    try:
-        result, status = run_shard(task), 0
-    except Exception as exc:  # handed to the driver, which raises it
-        result, status = exc, 1
-    sys.stdout.buffer.write(pickle.dumps(result))
-    sys.stdout.buffer.flush()
-    return status
 
 
 def _run_ray(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_retries: int,
@@ -353,12 +342,12 @@ def _drive(source: Path, staging: _Staging, shards: list[dict[str, Any]], *, spe
     def finished(file: str, reports: list[dict[str, Any]]) -> None:
         nonlocal done_bytes
         by_file[file] = reports
+        if on_shard is not None:  # first, so the shard's last progress line counts it
+            on_shard(len(by_file), len(shards))
         for report in reports:
             done_bytes += report["input_bytes"]
             if progress is not None:
                 progress(report, done_bytes, total)
-        if on_shard is not None:
-            on_shard(len(by_file), len(shards))
 
     for s in shards:  # resumed: verified against the manifest, reported, not re-run
         if staging.verified(s["file"]):
@@ -383,7 +372,3 @@ def _drive(source: Path, staging: _Staging, shards: list[dict[str, Any]], *, spe
                           select=select)
     staging.commit(force)
     return [r for s in shards for r in by_file[s["file"]]]
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main())
