@@ -1,8 +1,8 @@
 """The sharded job on each executor, beside reading the same shards once, in one run.
 
-    python3 benches/bench_executors.py [--shards 8] [--shard-mib 128] [--workers 2]
+    python3 benches/bench_executors.py [--shards 8] [--shard-mib 128] [--workers 2] [--dtype bfloat16]
 
-Generates a sharded float32 checkpoint (--shards shards of --shard-mib MiB, tensors named
+Generates a sharded checkpoint (bfloat16 by default) (--shards shards of --shard-mib MiB, tensors named
 like Linear weights), then times, in this process:
 
 * `read`: every shard read once (`cat`-like, page cache warm): the baseline;
@@ -26,9 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import save_file
-
 import quantbridge as qb
 
 MIB = 2**20
@@ -44,20 +41,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def make_checkpoint(folder: Path, shards: int, shard_bytes: int) -> None:
-    """`shards` shards of two float32 (rows, 4096) Linear weights each."""
+def make_checkpoint(folder: Path, shards: int, shard_bytes: int, dtype: str) -> None:
+    """`shards` shards of two (rows, 4096) Linear weights each, in `dtype`."""
+    import torch
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True)
-    rows = max(1, shard_bytes // 2 // (4096 * 4))
-    rng = np.random.default_rng(0)
+    itemsize = 4 if dtype == "float32" else 2
+    rows = max(1, shard_bytes // 2 // (4096 * itemsize))
+    generator = torch.Generator().manual_seed(0)
     weight_map = {}
     for s in range(shards):
         name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {f"model.layers.{s}.mlp.{p}.weight": rng.standard_normal((rows, 4096), dtype=np.float32)
+        tensors = {f"model.layers.{s}.mlp.{p}.weight":
+                   torch.randn((rows, 4096), generator=generator).to(getattr(torch, dtype))
                    for p in ("up_proj", "down_proj")}
         save_file(tensors, str(folder / name))
         weight_map.update({k: name for k in tensors})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": dtype}))
 
 
 def read_all(folder: Path) -> None:
@@ -85,13 +87,15 @@ def main() -> int:
     parser.add_argument("--shard-mib", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
+                        help="the checkpoint's dtype (bfloat16, as hub checkpoints are)")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), kernel path: {qb._native._kernel()}")
     with tempfile.TemporaryDirectory(prefix="qb-bench-executors-") as tmp:
         root = Path(tmp)
         big, tiny = root / "big", root / "tiny"
-        make_checkpoint(big, args.shards, args.shard_mib * MIB)
-        make_checkpoint(tiny, args.shards, 64 * 1024)
+        make_checkpoint(big, args.shards, args.shard_mib * MIB, args.dtype)
+        make_checkpoint(tiny, args.shards, 64 * 1024, args.dtype)
         total = sum(p.stat().st_size for p in big.glob("*.safetensors"))
         read_all(big)  # warm the page cache
         rows: list[tuple[str, float]] = [("read", best_of(args.repeat, lambda: read_all(big)))]
@@ -107,7 +111,7 @@ def main() -> int:
             overhead.append((executor, best_of(args.repeat, lambda: job(tiny, root / "t", **options))))
             shutil.rmtree(root / "o", ignore_errors=True)
         base = rows[0][1]
-        print(f"{args.shards} shards x {args.shard_mib} MiB float32 = {total / MIB:.0f} MiB, int4 g128, "
+        print(f"{args.shards} shards x {args.shard_mib} MiB {args.dtype} = {total / MIB:.0f} MiB, int4 g128, "
               f"{args.workers} workers, best of {args.repeat}")
         print(f"{'run':<20} {'seconds':>8} {'MiB/s':>8} {'x read':>7}")
         for name, seconds in rows:
