@@ -3,6 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
+use rayon::prelude::*;
 use quantbridge::quant::{quantize, Allocator, BufferPool, ElemSlice, Engine, Granularity, Kernel, QuantSpec, TensorView};
 
 const ROWS: usize = 4096;
@@ -29,6 +30,16 @@ fn bench(c: &mut Criterion) {
 
     let mut dst = vec![0f32; values.len()];
     g.bench_function("memcpy_baseline", |b| b.iter(|| dst.copy_from_slice(&values)));
+    // The read limit: every byte read once on the engine's threads (integer adds of the
+    // bit patterns, which vectorize; the kernels read each input byte once too).
+    g.bench_function("read_baseline", |b| {
+        b.iter(|| {
+            values
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u32, |a, &x| a.wrapping_add(x.to_bits())))
+                .reduce(|| 0, u32::wrapping_add)
+        })
+    });
 
     let view = TensorView::contiguous(ElemSlice::F32(&values), vec![ROWS, COLS]).unwrap();
     let transposed = TensorView::new(ElemSlice::F32(&values), 0, vec![COLS, ROWS], vec![1, COLS as isize]).unwrap();
@@ -51,6 +62,16 @@ fn bench(c: &mut Criterion) {
     let int4 = QuantSpec::default();
     g.bench_function("transposed_f32/int4_g128", |b| b.iter(|| run(&transposed, &int4)));
     g.bench_function("contiguous_bf16/int4_g128", |b| b.iter(|| run(&bf16_view, &int4)));
+    // Each vector build this CPU runs, side by side (the default above is the widest).
+    let stats = QuantSpec { stats: true, ..QuantSpec::default() };
+    for kernel in Kernel::supported().into_iter().filter(|&k| k != Kernel::Portable) {
+        let engine = Engine::new(kernel, &pool);
+        let run = |v: &TensorView<'_>, s: &QuantSpec| engine.quantize(v, s).unwrap().recycle(&pool);
+        for (name, spec) in specs.iter().take(3).chain([&("int4_g128_stats", stats)]) {
+            g.bench_with_input(BenchmarkId::new(format!("{}_f32", kernel.name()), name), spec, |b, s| b.iter(|| run(&view, s)));
+        }
+        g.bench_function(format!("{}_bf16/int4_g128", kernel.name()), |b| b.iter(|| run(&bf16_view, &int4)));
+    }
     let q = quantize(&view, &int4).unwrap();
     g.bench_function("dequantize/int4_g128", |b| b.iter(|| pool.recycle_floats(engine.dequantize(&q).unwrap())));
     g.finish();

@@ -146,17 +146,14 @@ proptest! {
         let view = owned.view(&c);
         let fast = quantize(&view, &s).unwrap();
         let slow = quantize_reference(&view, &s).unwrap();
-        // The portable build of the kernels (what a CPU without AVX2 runs) too, chosen by
-        // argument. Without stats the block kernels run (with stats, the per-element
-        // loop): both builds of them must give the same codes as well.
+        // Every build of the kernels this CPU runs (portable, AVX2, AVX-512), chosen by
+        // argument, with and without the statistics fused into the encode.
         let no_stats = QuantSpec { stats: false, ..s };
-        let fast_blocks = quantize(&view, &no_stats).unwrap();
-        let portable_engine = Engine::new(Kernel::Portable, &Fresh);
-        let portable = portable_engine.quantize(&view, &s);
-        let portable_blocks = portable_engine.quantize(&view, &no_stats);
-        prop_assert_eq!(&portable.unwrap(), &fast, "portable and AVX2 builds differ");
-        for blocks in [fast_blocks, portable_blocks.unwrap()] {
-            prop_assert_eq!(&blocks.codes, &slow.codes, "block kernel codes differ");
+        for kernel in Kernel::supported() {
+            let engine = Engine::new(kernel, &Fresh);
+            prop_assert_eq!(&engine.quantize(&view, &s).unwrap(), &fast, "{} and the default build differ", kernel.name());
+            let blocks = engine.quantize(&view, &no_stats).unwrap();
+            prop_assert_eq!(&blocks.codes, &slow.codes, "{} block kernel codes differ", kernel.name());
             prop_assert_eq!(&blocks.scales, &slow.scales);
             prop_assert_eq!(&blocks.zero_points, &slow.zero_points);
         }
@@ -177,9 +174,8 @@ proptest! {
         let slow = quantize_reference(&view, &s).unwrap();
         for stats in [true, false] {
             let s = QuantSpec { stats, ..s };
-            let fast = quantize(&view, &s).unwrap();
-            let portable = Engine::new(Kernel::Portable, &Fresh).quantize(&view, &s);
-            for q in [fast, portable.unwrap()] {
+            for kernel in Kernel::supported() {
+                let q = Engine::new(kernel, &Fresh).quantize(&view, &s).unwrap();
                 prop_assert_eq!(&q.codes, &slow.codes);
                 prop_assert_eq!(&q.scales, &slow.scales);
                 prop_assert_eq!(&q.zero_points, &slow.zero_points);

@@ -31,16 +31,19 @@ fuzz_target!(|input: &[u8]| {
     let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };
     let reference = quantize_reference(&view, &spec);
-    let best = Kernel::best();
-    // The statistics (fused into the AVX2 encode, a separate pass in the portable build)
-    // are the same bits in every build: same chunks, same lane order (docs/math.md).
+    let kernels = Kernel::supported();
+    // The statistics (fused into the vector encodes, a separate pass in the portable
+    // build) are the same bits in every build: same chunks, same lane order (docs/math.md).
     if spec.stats {
-        let (a, b) = (Engine::new(best, &Fresh).quantize(&view, &spec), Engine::new(Kernel::Portable, &Fresh).quantize(&view, &spec));
-        if let (Ok(a), Ok(b)) = (a, b) {
-            assert_eq!(a.stats, b.stats);
+        let stats: Vec<_> = kernels.iter().map(|&k| Engine::new(k, &Fresh).quantize(&view, &spec).ok().map(|q| q.stats)).collect();
+        for s in &stats[1..] {
+            if let (Some(a), Some(b)) = (s, &stats[0]) {
+                assert_eq!(a, b);
+            }
         }
     }
-    for (kernel, stats) in [(best, spec.stats), (Kernel::Portable, spec.stats), (best, false)] {
+    // Every build this CPU runs (portable, AVX2, AVX-512), with and without statistics.
+    for (kernel, stats) in kernels.iter().flat_map(|&k| [(k, spec.stats), (k, false)]) {
         let fast = Engine::new(kernel, &Fresh).quantize(&view, &QuantSpec { stats, ..spec });
         match (&fast, &reference) {
             (Ok(f), Ok(r)) => {

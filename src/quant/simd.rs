@@ -17,12 +17,17 @@ pub enum Kernel {
     Portable,
     /// AVX2 + F16C, chosen at run time on CPUs that have both.
     Avx2,
+    /// The AVX2 build with the encode (and its fused statistics) on 512-bit vectors:
+    /// AVX-512 F, BW and VL, chosen at run time on CPUs that have them.
+    Avx512,
 }
 
 impl Kernel {
     /// The fastest build this CPU runs.
     pub fn best() -> Kernel {
-        if Avx2::detect().is_some() {
+        if Avx2::detect_wide().is_some() {
+            Kernel::Avx512
+        } else if Avx2::detect().is_some() {
             Kernel::Avx2
         } else {
             Kernel::Portable
@@ -35,25 +40,30 @@ impl Kernel {
         if Avx2::detect().is_some() {
             all.push(Kernel::Avx2);
         }
+        if Avx2::detect_wide().is_some() {
+            all.push(Kernel::Avx512);
+        }
         all
     }
 
     /// Every build quantbridge has, supported here or not.
-    pub const ALL: [Kernel; 2] = [Kernel::Portable, Kernel::Avx2];
+    pub const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512];
 
     /// Its name in benchmark output and test messages.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Portable => "portable",
             Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
         }
     }
 
-    /// The AVX2 token when this build is AVX2 and the CPU runs it (else the portable
-    /// build runs: asking for a kernel the CPU lacks is never unsound).
+    /// The vector token of this build when the CPU runs it; a build the CPU lacks falls
+    /// back to the next narrower one (asking for a kernel the CPU lacks is never unsound).
     #[inline]
     pub(crate) fn avx2(self) -> Option<Avx2> {
         match self {
+            Kernel::Avx512 => Avx2::detect_wide().or_else(Avx2::detect),
             Kernel::Avx2 => Avx2::detect(),
             Kernel::Portable => None,
         }
@@ -67,8 +77,16 @@ fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
 }
 
+/// Whether the CPU also has AVX-512 F, BW and VL (the 512-bit encode's instructions).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx512() -> bool {
+    use std::arch::is_x86_feature_detected;
+    has_avx2() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+}
+
 /// Element types the kernels read: widened exactly to float32 (float64 rounded to nearest,
-/// as `as f32` does), one at a time or eight at a time into a vector register.
+/// as `as f32` does), one at a time or eight (sixteen) at a time into a vector register.
 pub trait Lane: Copy + 'static {
     /// One element as float32 (float64 rounds to nearest even, the others are exact).
     fn to_f32(self) -> f32;
@@ -78,6 +96,12 @@ pub trait Lane: Copy + 'static {
     /// `p` points at eight readable elements; the CPU supports AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen elements from `p` as float32.
+    ///
+    /// # Safety
+    /// `p` points at sixteen readable elements; the CPU supports AVX-512 F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
     /// `(min, max, all finite)` of `xs` as float32 ([`avx2::min_max`] unless the type has a
     /// cheaper way).
     ///
@@ -88,6 +112,17 @@ pub trait Lane: Copy + 'static {
     unsafe fn min_max_avx2(xs: &[Self]) -> (f32, f32, bool) {
         // SAFETY: the caller guarantees AVX2 and F16C.
         unsafe { avx2::min_max(xs) }
+    }
+    /// [`Lane::min_max_avx2`] on 512-bit vectors ([`avx512::min_max`] unless the type
+    /// has a cheaper way).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn min_max_avx512(xs: &[Self]) -> (f32, f32, bool) {
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL.
+        unsafe { avx512::min_max(xs) }
     }
 }
 
@@ -101,6 +136,12 @@ impl Lane for f32 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller guarantees eight readable floats; the load is unaligned.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees sixteen readable floats and AVX-512 F; unaligned.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -121,6 +162,19 @@ impl Lane for f64 {
             _mm256_set_m128(high, low)
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees sixteen readable doubles and AVX-512 F. Rounded to
+        // nearest even as in `load8`; the halves are joined as 256-bit (f64x4) lanes.
+        unsafe {
+            let low = _mm512_cvtpd_ps(_mm512_loadu_pd(p));
+            let high = _mm512_cvtpd_ps(_mm512_loadu_pd(p.add(8)));
+            let joined = _mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(low)), _mm256_castps_pd(high));
+            _mm512_castpd_ps(joined)
+        }
+    }
 }
 
 impl Lane for bf16 {
@@ -136,11 +190,26 @@ impl Lane for bf16 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    unsafe fn min_max_avx512(xs: &[Self]) -> (f32, f32, bool) {
+        // SAFETY: the caller guarantees AVX-512, hence AVX2; the integer path already
+        // takes sixteen values per 256-bit vector.
+        unsafe { avx2::min_max_bf16(xs) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees eight readable bfloat16 (16 bytes), and AVX2. A
         // bfloat16 is the high half of the float32 of the same value.
         unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees sixteen readable bfloat16 (32 bytes) and AVX-512 F;
+        // widened as in `load8`.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
     }
 }
 
@@ -157,6 +226,14 @@ impl Lane for f16 {
         // conversion to float32 is exact.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees sixteen readable float16 (32 bytes) and AVX-512 F,
+        // whose conversion to float32 is exact.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
 }
 
 /// Elsewhere there are no AVX2 kernels: [`Avx2::detect`] always says so.
@@ -172,6 +249,12 @@ impl Avx2 {
         None
     }
 
+    /// Always `None` on this architecture.
+    #[inline(always)]
+    pub fn detect_wide() -> Option<Self> {
+        None
+    }
+
     /// Never called: no `Avx2` exists on this architecture.
     #[inline(always)]
     pub fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
@@ -181,44 +264,72 @@ impl Avx2 {
 
 /// Proof that the CPU runs AVX2 and F16C: an `Avx2` exists only when
 /// [`Avx2::detect`] found it, so its methods can call the AVX2 kernels safely. Callers
-/// outside this module need no `unsafe`.
+/// outside this module need no `unsafe`. A `wide` one ([`Avx2::detect_wide`]) also proves
+/// AVX-512 F, BW and VL, and encodes on 512-bit vectors.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy)]
-pub struct Avx2(());
+pub struct Avx2 {
+    wide: bool,
+}
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
     /// `Some` when [`has_avx2`].
     #[inline(always)]
     pub fn detect() -> Option<Self> {
-        has_avx2().then_some(Avx2(()))
+        has_avx2().then_some(Avx2 { wide: false })
     }
 
-    /// Run `f` inside a function compiled with AVX2, so everything inlined into it may use
-    /// 256-bit vectors. Pass a closure marked `#[inline(always)]`: one that LLVM leaves out
-    /// of line is compiled for the baseline CPU.
+    /// `Some` (wide) when [`has_avx512`].
+    #[inline(always)]
+    pub fn detect_wide() -> Option<Self> {
+        has_avx512().then_some(Avx2 { wide: true })
+    }
+
+    /// Run `f` inside a function compiled with AVX2 (and AVX-512 when wide), so everything
+    /// inlined into it may use those vectors. Pass a closure marked `#[inline(always)]`:
+    /// one that LLVM leaves out of line is compiled for the baseline CPU.
     #[inline(always)]
     pub fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         #[target_feature(enable = "avx2,f16c")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2(f) }
+        #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
+            unsafe { avx512(f) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2.
+            unsafe { avx2(f) }
+        }
     }
 
-    /// [`avx2::min_max`].
+    /// [`avx2::min_max`], or [`avx512::min_max`] when wide.
     #[inline(always)]
     pub fn min_max<W: Lane>(self, xs: &[W]) -> (f32, f32, bool) {
-        // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { W::min_max_avx2(xs) }
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
+            unsafe { W::min_max_avx512(xs) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2.
+            unsafe { W::min_max_avx2(xs) }
+        }
     }
 
-    /// [`avx2::encode`].
+    /// [`avx2::encode`], or [`avx512::encode`] when wide.
     #[inline(always)]
     pub fn encode<W: Lane>(self, xs: &[W], p: crate::quant::math::GroupParams, bits: u32, out: &mut [u8]) {
-        // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::encode(xs, p, bits, out) }
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
+            unsafe { avx512::encode(xs, p, bits, out) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2.
+            unsafe { avx2::encode(xs, p, bits, out) }
+        }
     }
 
     /// [`avx2::segment_stats`].
@@ -228,7 +339,7 @@ impl Avx2 {
         unsafe { avx2::segment_stats(xs, p, lanes) }
     }
 
-    /// [`avx2::encode_with_stats`].
+    /// [`avx2::encode_with_stats`], or [`avx512::encode_with_stats`] when wide.
     #[inline(always)]
     pub fn encode_with_stats<W: Lane>(
         self,
@@ -238,8 +349,13 @@ impl Avx2 {
         out: &mut [u8],
         lanes: &mut crate::quant::quantized::SegmentLanes,
     ) {
-        // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::encode_with_stats(xs, p, bits, out, lanes) }
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
+            unsafe { avx512::encode_with_stats(xs, p, bits, out, lanes) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2.
+            unsafe { avx2::encode_with_stats(xs, p, bits, out, lanes) }
+        }
     }
 
     /// [`avx2::transpose_8x8`].
@@ -303,7 +419,7 @@ pub mod avx2 {
 
     /// `(min, max, all finite)` extended by the elements a vector loop left over.
     #[inline(always)]
-    fn fold_rest<W: Lane>(rest: &[W], (mut mn, mut mx, mut all_finite): (f32, f32, bool)) -> (f32, f32, bool) {
+    pub(super) fn fold_rest<W: Lane>(rest: &[W], (mut mn, mut mx, mut all_finite): (f32, f32, bool)) -> (f32, f32, bool) {
         for &x in rest {
             let v = x.to_f32();
             mn = if v < mn { v } else { mn };
@@ -592,6 +708,188 @@ pub mod avx2 {
         for (i, v) in out.into_iter().enumerate() {
             // SAFETY: row i writes dst[i*dst_stride .. i*dst_stride + 8], in bounds by the assert.
             unsafe { _mm256_storeu_ps(d.add(i * dst_stride), v) };
+        }
+    }
+}
+
+/// The encode on 512-bit vectors (AVX-512 F, BW, VL): sixteen elements per vector, 64 per
+/// step, with the same IEEE operations in the same order as [`avx2::encode_impl`] and so
+/// the same bits. The fused statistics keep the 8-lane order of docs/math.md: a vector's
+/// low half is added before its high half, as the AVX2 kernel adds its two vectors.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{avx2, Lane};
+    use crate::quant::math::GroupParams;
+    use crate::quant::quantized::{SegmentLanes, STAT_BLOCK, STAT_LANES};
+
+    /// [`avx2::min_max`] on 512-bit vectors: `(min, max, all finite)` of `xs`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn min_max<W: Lane>(xs: &[W]) -> (f32, f32, bool) {
+        let mut lo = _mm512_set1_ps(f32::INFINITY);
+        let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let mut finite: __mmask16 = 0xffff;
+        let mut blocks = xs.chunks_exact(16);
+        for block in &mut blocks {
+            // SAFETY: `block` has exactly 16 elements; AVX-512 F is enabled here.
+            let v = unsafe { W::load16(block.as_ptr()) };
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+            // |v| < inf is false for ±inf and NaN.
+            finite &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), inf);
+        }
+        // The extremes of finite values do not depend on the order they are taken in (a
+        // non-finite value is reported by index before these are used).
+        let (mn, mx) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        avx2::fold_rest(blocks.remainder(), (mn, mx, finite == 0xffff))
+    }
+
+    /// [`avx2::encode`] on 512-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL (and so AVX2 and F16C).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn encode<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8]) {
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL.
+        unsafe { encode_impl::<W, false>(xs, p, bits, out, &mut SegmentLanes::default()) }
+    }
+
+    /// [`avx2::encode_with_stats`] on 512-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL (and so AVX2 and F16C).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn encode_with_stats<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+        debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL.
+        unsafe { encode_impl::<W, true>(xs, p, bits, out, lanes) }
+    }
+
+    /// The 256-bit halves of `v`, low first.
+    #[inline(always)]
+    fn halves(v: __m512) -> (__m256, __m256) {
+        // SAFETY: pure register operations of AVX-512 F, which every caller has enabled.
+        unsafe { (_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))) }
+    }
+
+    /// [`encode`], and with `STATS` [`encode_with_stats`]. Whole steps of 64 elements run
+    /// here; a remaining 32 (the AVX2 kernel's step) runs in [`avx2::encode`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    unsafe fn encode_impl<W: Lane, const STATS: bool>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+        const STEP: usize = 64;
+        let out_step = STEP * bits as usize / 8;
+        debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() * bits as usize / 8);
+        let inv = _mm512_set1_ps(p.inv);
+        let magic = _mm512_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
+        let zp = _mm512_set1_ps(p.zp);
+        let lo = _mm512_set1_ps(p.lo);
+        let hi = _mm512_set1_ps(p.hi);
+        let offset = _mm512_set1_epi32(p.offset);
+        // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
+        let signed = p.lo + (p.offset as f32) < 0.0;
+        // `packs` work within 128-bit lanes: lane L holds dwords 4L..4L+3 of a, b, c, d.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let scale = _mm512_set1_ps(p.scale);
+        // This statistics block's float32 lane sums Σ(x − x')² and Σx² (8 lanes, as in
+        // docs/math.md), and max |x − x'| on 16 lanes (a maximum does not depend on order).
+        let mut block_sums = [_mm256_setzero_ps(); 2];
+        let mut block_max = _mm512_setzero_ps();
+        let code = |v: __m512, sums: &mut [__m256; 2], max: &mut __m512| {
+            let y = _mm512_mul_ps(v, inv);
+            let r = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+            let q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
+            if STATS {
+                // As `BlockSums::lane`: elements k and k + 8 of the vector are lane k.
+                let d = _mm512_sub_ps(q, zp);
+                let e = _mm512_abs_ps(_mm512_sub_ps(y, d));
+                let (e_lo, e_hi) = halves(_mm512_mul_ps(e, e));
+                let (y_lo, y_hi) = halves(_mm512_mul_ps(y, y));
+                sums[0] = _mm256_add_ps(_mm256_add_ps(sums[0], e_lo), e_hi);
+                sums[1] = _mm256_add_ps(_mm256_add_ps(sums[1], y_lo), y_hi);
+                let err = _mm512_abs_ps(_mm512_sub_ps(v, _mm512_mul_ps(d, scale)));
+                *max = _mm512_max_ps(err, *max);
+            }
+            _mm512_add_epi32(_mm512_cvttps_epi32(q), offset)
+        };
+        // As in the AVX2 kernel: maddubs multipliers that fold neighbouring codes.
+        let nibble_pairs = _mm512_set1_epi16(0x1001);
+        let crumb_pairs = _mm512_set1_epi16(0x0401);
+        let crumb_quads = _mm512_set1_epi32(0x0010_0001);
+        let (mut err_lo, mut err_hi, mut sq_lo, mut sq_hi) =
+            (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut max_all = _mm512_setzero_ps();
+        let mut steps = xs.chunks_exact(STEP);
+        let mut outs = out.chunks_exact_mut(out_step);
+        for (i, (step, dst)) in (&mut steps).zip(&mut outs).enumerate() {
+            let ptr = step.as_ptr();
+            // SAFETY: `step` holds 64 elements: four 16-element loads.
+            let (a, b, c, d) = unsafe {
+                (
+                    code(W::load16(ptr), &mut block_sums, &mut block_max),
+                    code(W::load16(ptr.add(16)), &mut block_sums, &mut block_max),
+                    code(W::load16(ptr.add(32)), &mut block_sums, &mut block_max),
+                    code(W::load16(ptr.add(48)), &mut block_sums, &mut block_max),
+                )
+            };
+            let ab = _mm512_packs_epi32(a, b);
+            let cd = _mm512_packs_epi32(c, d);
+            let bytes = if signed { _mm512_packs_epi16(ab, cd) } else { _mm512_packus_epi16(ab, cd) };
+            let bytes = _mm512_permutexvar_epi32(order, bytes);
+            match bits {
+                4 => {
+                    let words = _mm512_maddubs_epi16(bytes, nibble_pairs);
+                    // SAFETY: `dst` holds 32 bytes.
+                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), _mm512_cvtepi16_epi8(words)) };
+                }
+                2 => {
+                    let quads = _mm512_madd_epi16(_mm512_maddubs_epi16(bytes, crumb_pairs), crumb_quads);
+                    // SAFETY: `dst` holds 16 bytes.
+                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(quads)) };
+                }
+                _ => {
+                    // SAFETY: `dst` holds 64 bytes.
+                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), bytes) };
+                }
+            }
+            if STATS && (i + 1) % (STAT_BLOCK / STEP) == 0 {
+                // A statistics block ends, as in the AVX2 kernel.
+                let [sq_err, sq] = block_sums;
+                err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
+                err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
+                sq_lo = _mm256_add_pd(sq_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+                sq_hi = _mm256_add_pd(sq_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+                max_all = _mm512_max_ps(block_max, max_all);
+                block_sums = [_mm256_setzero_ps(); 2];
+                block_max = _mm512_setzero_ps();
+            }
+        }
+        if STATS {
+            let (mut err, mut squares, mut max) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
+            let (max_lo, max_hi) = halves(max_all);
+            // SAFETY: the arrays hold 8 values each; the stores are unaligned.
+            unsafe {
+                _mm256_storeu_pd(err.as_mut_ptr(), err_lo);
+                _mm256_storeu_pd(err.as_mut_ptr().add(4), err_hi);
+                _mm256_storeu_pd(squares.as_mut_ptr(), sq_lo);
+                _mm256_storeu_pd(squares.as_mut_ptr().add(4), sq_hi);
+                _mm256_storeu_ps(max.as_mut_ptr(), _mm256_max_ps(max_lo, max_hi));
+            }
+            lanes.add_sums(&err, &squares, &max);
+        } else if !steps.remainder().is_empty() {
+            // SAFETY: the caller guarantees AVX-512, hence AVX2; the remainder is 32 elements.
+            unsafe { avx2::encode(steps.remainder(), p, bits, outs.into_remainder()) };
         }
     }
 }
