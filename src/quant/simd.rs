@@ -789,6 +789,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     unsafe fn encode_impl<W: Lane, const STATS: bool>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
         const STEP: usize = 64;
+        const { assert!(STEP == STAT_BLOCK) };
         let out_step = STEP * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() * bits as usize / 8);
         let inv = _mm512_set1_ps(p.inv);
@@ -832,7 +833,7 @@ pub mod avx512 {
         let mut max_all = _mm512_setzero_ps();
         let mut steps = xs.chunks_exact(STEP);
         let mut outs = out.chunks_exact_mut(out_step);
-        for (i, (step, dst)) in (&mut steps).zip(&mut outs).enumerate() {
+        for (step, dst) in (&mut steps).zip(&mut outs) {
             let ptr = step.as_ptr();
             // SAFETY: `step` holds 64 elements: four 16-element loads.
             let (a, b, c, d) = unsafe {
@@ -863,8 +864,8 @@ pub mod avx512 {
                     unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), bytes) };
                 }
             }
-            if STATS && (i + 1) % (STAT_BLOCK / STEP) == 0 {
-                // A statistics block ends, as in the AVX2 kernel.
+            if STATS {
+                // A step is a statistics block: it ends here, as in the AVX2 kernel.
                 let [sq_err, sq] = block_sums;
                 err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
                 err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
