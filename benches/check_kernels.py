@@ -3,8 +3,8 @@
     python3 benches/check_kernels.py
 
 Fails loudly (exit 1) when quantbridge runs its portable kernels on a CPU that has the
-instructions of a faster build (AVX2 + F16C today), i.e. when run-time detection or the
-build regressed. Prints the CPU, its vector extensions and the kernel path either way.
+instructions of a faster build (AVX2 + F16C; AVX-512 F/BW/VL), or the AVX2 build on a CPU
+with AVX-512, i.e. when run-time detection or the build regressed. Prints the CPU, its vector extensions and the kernel path either way.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ def main() -> int:
     print(f"CPU: {model}")
     print(f"vector extensions: avx2={'avx2' in flags} f16c={'f16c' in flags} avx512={' '.join(avx512) or 'none'}")
     print(f"quantbridge kernel path: {kernel}")
-    if avx512:
-        print("note: this CPU has AVX-512; quantbridge has no AVX-512 build yet (issue 13), AVX2 is its best path")
-    expected = "avx2" if {"avx2", "f16c"} <= flags else "portable"
+    if {"avx2", "f16c", "avx512f", "avx512bw", "avx512vl"} <= flags:
+        expected = "avx512"
+    elif {"avx2", "f16c"} <= flags:
+        expected = "avx2"
+    else:
+        expected = "portable"
     if not flags:
         print("cannot read /proc/cpuinfo flags: nothing to check")
         return 0

@@ -36,7 +36,7 @@ fn _borrow_info(obj: &Bound<'_, PyAny>) -> PyResult<(&'static str, usize, usize)
     Ok((guard.kind(), guard.data_addr(), guard.nbytes()))
 }
 
-/// The kernel build the Python surface runs on this CPU ("avx2" or "portable"): what the
+/// The kernel build the Python surface runs on this CPU ("avx512", "avx2" or "portable"): what the
 /// benchmarks print beside their figures.
 #[pyfunction]
 fn _kernel() -> &'static str {

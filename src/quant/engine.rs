@@ -510,6 +510,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
                     }
                     rest = blocks.remainder();
+                    // A short group (or a row's end) that fills whole bytes: in registers too.
+                    if !rest.is_empty() && rest.len().is_multiple_of(writer.codes_per_byte()) {
+                        cpu.encode_short(rest, params, writer.bits(), writer.next_bytes(rest.len() / writer.codes_per_byte()));
+                        rest = &[];
+                    }
                 }
             }
         }

@@ -339,6 +339,21 @@ impl Avx2 {
         unsafe { avx2::segment_stats(xs, p, lanes) }
     }
 
+    /// [`Avx2::encode`] of fewer than 64 elements whose codes fill whole bytes: the
+    /// elements are copied into a 64-element block (padded with the first one, whose
+    /// extra codes are dropped), so a short group or the end of a row is encoded in
+    /// registers too rather than one code at a time.
+    #[inline(always)]
+    pub fn encode_short<W: Lane>(self, xs: &[W], p: crate::quant::math::GroupParams, bits: u32, out: &mut [u8]) {
+        debug_assert!(!xs.is_empty() && xs.len() < 64 && out.len() * 8 == xs.len() * bits as usize);
+        let mut block = [xs[0]; 64];
+        block[..xs.len()].copy_from_slice(xs);
+        let mut codes = [0u8; 64];
+        let all = &mut codes[..64 * bits as usize / 8];
+        self.encode(&block, p, bits, all);
+        out.copy_from_slice(&all[..out.len()]);
+    }
+
     /// [`avx2::encode_with_stats`], or [`avx512::encode_with_stats`] when wide.
     #[inline(always)]
     pub fn encode_with_stats<W: Lane>(
