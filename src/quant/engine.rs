@@ -489,13 +489,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             if let Some(cpu) = self.cpu {
                 // Encoded and packed in registers, straight into the stream.
                 let bytes = BLOCK / writer.codes_per_byte();
-                let mut blocks = xs.chunks_exact(BLOCK);
+                let whole = xs.len() / BLOCK * BLOCK;
                 if fused {
                     let mut lanes = SegmentLanes::default();
-                    let whole = xs.len() - blocks.remainder().len();
                     // BLOCK is STAT_BLOCK: the whole blocks are whole statistics blocks.
                     cpu.encode_with_stats(&xs[..whole], params, writer.bits(), writer.next_bytes(whole / BLOCK * bytes), &mut lanes);
-                    rest = blocks.remainder();
+                    rest = &xs[whole..];
                     if !rest.is_empty() {
                         let mut last = BlockSums::default();
                         for (k, &x) in rest.iter().enumerate() {
@@ -506,10 +505,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     }
                     lanes.finish(acc, params.scale);
                 } else {
-                    for block in &mut blocks {
-                        cpu.encode(block, params, writer.bits(), writer.next_bytes(bytes)); // BLOCK: a multiple of 32
+                    // One call for the whole blocks: the kernel's set-up is paid once a group.
+                    if whole > 0 {
+                        cpu.encode(&xs[..whole], params, writer.bits(), writer.next_bytes(whole / BLOCK * bytes)); // a multiple of 32
                     }
-                    rest = blocks.remainder();
+                    rest = &xs[whole..];
                     // A short group (or a row's end) that fills whole bytes: in registers too.
                     if !rest.is_empty() && rest.len().is_multiple_of(writer.codes_per_byte()) {
                         cpu.encode_short(rest, params, writer.bits(), writer.next_bytes(rest.len() / writer.codes_per_byte()));
