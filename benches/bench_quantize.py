@@ -1,6 +1,6 @@
 """Side-by-side timing of quantbridge and its peers, in one process and one run.
 
-    python3 benches/bench_quantize.py [--mib 256] [--peer-mib 64] [--rounds 9] [--markdown]
+    python3 benches/bench_quantize.py [--mib 256] [--peer-mib 64] [--limit-mib 256,1024] [--rounds 9] [--markdown]
 
 Every figure is a ratio to a baseline measured in the same run, because absolute times drift
 on shared machines. The candidates are interleaved: each round times every one of them once
@@ -13,6 +13,9 @@ machine hits all of them alike instead of one.
   implementations of the same docs/math.md quantizer, onnxruntime's C++ ``quantize_matmul_4bits``
   and gguf-py's Q4_0 when installed (``pip install .[bench]``). Peers are timed one after
   another, not interleaved: their thread pools spin after each call.
+* Read-limit rows (``--limit-mib``, default 256 and 1024): int4 g128, int8 per-channel and
+  int2 g128 of float32, float16 and bfloat16 arrays, each against a two-thread read pass of
+  the same array (``torch.sum`` pinned to 2 threads), measured in the same rounds.
 * Small calls: microseconds per call / per layer (these are latencies, not bandwidths).
 """
 
@@ -142,11 +145,42 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]]:
+    """Each kernel on a `mib` MiB array of each input dtype, against a two-thread read of
+    that array (the bound: int4 writes an eighth of what it reads)."""
+    n = mib * 2**20 // 4
+    base = torch.from_numpy(np.random.default_rng(1).standard_normal(n, dtype=np.float32).reshape(-1, 8192))
+    specs = {"int4 g128": {}, "int8 per-channel": {"bits": 8, "group_size": None}, "int2 g128": {"bits": 2}}
+    table = []
+    for dtype in ("float32", "float16", "bfloat16"):
+        t = base if dtype == "float32" else base.to(getattr(torch, dtype))
+
+        def read_pass(t=t):
+            threads = torch.get_num_threads()
+            torch.set_num_threads(2)
+            try:
+                torch.sum(t)
+            finally:
+                torch.set_num_threads(threads)
+
+        rows = {"read": read_pass}
+        rows.update({name: (lambda spec: lambda: qb.quantize(t, **spec))(spec) for name, spec in specs.items()})
+        times = interleaved(rows, rounds)
+        table.append((f"read pass, {dtype}, torch.sum 2 threads (the read limit)", mib, times["read"] * 1e3, 1.0))
+        for name in specs:
+            table.append((f"quantbridge {name}, {dtype}, vs its read pass", mib, times[name] * 1e3,
+                          times[name] / times["read"]))
+        del t, rows
+    return table
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--peer-mib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--limit-mib", default="256,1024",
+                    help="array sizes (MiB of float32) of the read-limit rows, comma-separated; empty: none")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
     qb.configure_metrics(degradation_fraction=0.0)  # slow peers and K-quants are expected here
@@ -202,6 +236,9 @@ def main():
     t = interleaved({"base": lambda: np.copyto(dst, x), "off": pool_off}, max(3, args.rounds // 2))
     table.append(("quantbridge int4 g128, buffer pool off (fresh result pages)", args.mib, t["off"] * 1e3,
                   t["off"] / t["base"]))
+
+    for mib in (int(m) for m in args.limit_mib.split(",") if m):
+        table += read_limit_rows(mib, max(3, args.rounds // 2))
 
     pn = args.peer_mib * 2**20 // 4
     px = np.ascontiguousarray(x.reshape(-1)[:pn].reshape(-1, cols))
@@ -283,7 +320,8 @@ def main():
         print(f"{label:<62} {mib:>5} {ms:>10.2f} {r:>7.2f}x")
     for label, us in small:
         print(f"{label:<62} {'':>5} {us:>8.1f} µs")
-    print("ratios: quantbridge rows vs np.copyto of the same array; peer rows vs quantbridge on the peer tensor;")
+    print("ratios: quantbridge rows vs np.copyto of the same array (read-limit rows: vs the read pass of their")
+    print("        array); peer rows vs quantbridge on the peer tensor;")
     print("        gguf_type rows vs quantbridge int4 g128 of the same array; gguf-py rows vs quantbridge's same type;")
     print("        the ArrowQuantV2 row vs qb.quantize_batch of the same layers")
 
