@@ -145,6 +145,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def two_thread_read(t: torch.Tensor) -> None:
+    """Read every byte of `t` once on two threads (`torch.sum`): the read limit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.sum(t)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]]:
     """Each kernel on a `mib` MiB array of each input dtype, against a two-thread read of
     that array (the bound: int4 writes an eighth of what it reads)."""
@@ -155,15 +165,7 @@ def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]
     for dtype in ("float32", "float16", "bfloat16"):
         t = base if dtype == "float32" else base.to(getattr(torch, dtype))
 
-        def read_pass(t=t):
-            threads = torch.get_num_threads()
-            torch.set_num_threads(2)
-            try:
-                torch.sum(t)
-            finally:
-                torch.set_num_threads(threads)
-
-        rows = {"read": read_pass}
+        rows = {"read": (lambda t: lambda: two_thread_read(t))(t)}
         rows.update({name: (lambda spec: lambda: qb.quantize(t, **spec))(spec) for name, spec in specs.items()})
         times = interleaved(rows, rounds)
         table.append((f"read pass, {dtype}, torch.sum 2 threads (the read limit)", mib, times["read"] * 1e3, 1.0))
@@ -206,12 +208,7 @@ def main():
     tx = torch.from_numpy(x)
 
     def read_pass():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(2)
-        try:
-            torch.sum(tx)
-        finally:
-            torch.set_num_threads(threads)
+        two_thread_read(tx)
 
     rows = {
         "np.copyto (memcpy, the baseline)": lambda: np.copyto(dst, x),

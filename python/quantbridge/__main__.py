@@ -48,24 +48,21 @@ def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     raise Terminated(signum)
 
 
-def _group_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (one group per row) or a positive size, found {value}")
-    return value
+def _int_at_least(minimum: int, meaning: str) -> Callable[[str], int]:
+    """An argparse type for integers of at least ``minimum`` (``meaning`` says which)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {meaning}, found {value}")
+        return value
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, found {value}")
-    return value
+_group_size = _int_at_least(0, "0 (one group per row) or a positive size")
+_positive = _int_at_least(1, "1 or more")
 
 
 def _pattern(option: str) -> Callable[[str], str]:

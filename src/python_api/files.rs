@@ -227,9 +227,31 @@ pub fn inspect_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
     Ok(d)
 }
 
-/// The options of a sharded job from Python: `format` "quantbridge" is quantbridge's layout.
-fn sharded_format(py: Python<'_>, format: &str) -> PyResult<Option<ServingFormat>> {
-    ServingFormat::parse(format).map_err(|e| to_pyerr(py, e.into(), None))
+/// Run one step of a sharded job (`step` gets the job and the per-tensor progress
+/// callback) detached, with the caller's spec tuple, format name ("quantbridge" is
+/// quantbridge's layout), `select` and `progress`.
+#[allow(clippy::too_many_arguments)]
+fn run_sharded<T: Send>(
+    py: Python<'_>,
+    spec: &Bound<'_, PyTuple>,
+    format: &str,
+    scale_dtype_given: bool,
+    select: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
+    step: impl FnOnce(&ShardedJob<'_>, &mut dyn FnMut(&LayerReport, usize, usize) -> crate::Result<()>) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let spec = spec_from_tuple(spec)?;
+    let format = ServingFormat::parse(format).map_err(|e| to_pyerr(py, e.into(), None))?;
+    run_job(py, |callback_error| {
+        let selector = Selector::new(select.as_ref());
+        let select_fn = |e: &Entry| selector.choice(e);
+        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
+        let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
+            report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
+        };
+        let result = step(&job, &mut on_layer);
+        selector.finish(result, callback_error)
+    })
 }
 
 /// `shard_plan(input, output, spec, format, scale_dtype_given, select)`: check a sharded
@@ -246,15 +268,7 @@ pub fn shard_plan<'py>(
     scale_dtype_given: bool,
     select: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let spec = spec_from_tuple(spec)?;
-    let format = sharded_format(py, format)?;
-    let plan = run_job(py, |callback_error| {
-        let selector = Selector::new(select.as_ref());
-        let select_fn = |e: &Entry| selector.choice(e);
-        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
-        let result = shards::plan(&input, &output, &job);
-        selector.finish(result, callback_error)
-    })?;
+    let plan = run_sharded(py, spec, format, scale_dtype_given, select, None, |job, _| shards::plan(&input, &output, job))?;
     let list = PyList::empty(py);
     for s in plan {
         let d = PyDict::new(py);
@@ -284,19 +298,10 @@ pub fn quantize_shard<'py>(
     select: Option<Py<PyAny>>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let spec = spec_from_tuple(spec)?;
-    let format = sharded_format(py, format)?;
-    let reports = run_job(py, |callback_error| {
-        let selector = Selector::new(select.as_ref());
-        let select_fn = |e: &Entry| selector.choice(e);
-        let mut on_layer = |r: &LayerReport, done: usize, total: usize| {
-            report_progress(progress.as_ref(), callback_error, r, spec.bits, done, total)
-        };
-        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
-        let result = shards::quantize_shard(&input, file, &folder, &job, &mut on_layer);
-        selector.finish(result, callback_error)
+    let reports = run_sharded(py, spec, format, scale_dtype_given, select, progress, |job, on_layer| {
+        shards::quantize_shard(&input, file, &folder, job, on_layer)
     })?;
-    report_list(py, &reports, spec.bits)
+    report_list(py, &reports, spec_from_tuple(spec)?.bits)
 }
 
 /// `finish_shards(input, folder, spec, format, scale_dtype_given, select)`: write what needs
@@ -313,13 +318,5 @@ pub fn finish_shards<'py>(
     scale_dtype_given: bool,
     select: Option<Py<PyAny>>,
 ) -> PyResult<()> {
-    let spec = spec_from_tuple(spec)?;
-    let format = sharded_format(py, format)?;
-    run_job(py, |callback_error| {
-        let selector = Selector::new(select.as_ref());
-        let select_fn = |e: &Entry| selector.choice(e);
-        let job = ShardedJob { format, spec, scale_dtype_given, select: &select_fn };
-        let result = shards::finish(&input, &folder, &job);
-        selector.finish(result, callback_error)
-    })
+    run_sharded(py, spec, format, scale_dtype_given, select, None, |job, _| shards::finish(&input, &folder, job))
 }
