@@ -26,6 +26,7 @@ from quantbridge import _sharded
 
 SHARDS = 8
 ENGINES = [("local", 2), ("ray", 2), ("dask", 2)]
+FORMATS = ["quantbridge", "compressed-tensors", "mlx"]
 KILLED = "model-00003-of-00008.safetensors"
 
 
@@ -66,7 +67,7 @@ def reference(checkpoint, tmp_path_factory):
     """Each format's output written shard after shard in this process (workers=1)."""
     root = tmp_path_factory.mktemp("reference")
     out = {}
-    for fmt in ("quantbridge", "compressed-tensors"):
+    for fmt in FORMATS:
         qb.quantize_file(checkpoint, root / fmt, format=fmt, workers=1)
         out[fmt] = digests(root / fmt)
     return out
@@ -80,7 +81,7 @@ def kill_once(monkeypatch, tmp_path):
     return marker
 
 
-@pytest.mark.parametrize("fmt", ["quantbridge", "compressed-tensors"])
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("executor", "workers"), ENGINES)
 def test_every_engine_writes_the_same_bytes(checkpoint, reference, tmp_path, fmt, executor, workers):
     out = tmp_path / "out"
