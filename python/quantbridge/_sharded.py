@@ -21,12 +21,12 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
-from collections.abc import Callable, Iterator
-import pickle
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +151,9 @@ def _run_ray(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_r
              address: str | None) -> Iterator[dict[str, Any]]:
     """Ray tasks (``max_retries`` for lost workers and nodes, ``memory=`` declared), on the
     cluster at ``address`` or a local instance of ``workers`` CPUs started here."""
-    import ray
-    from ray.exceptions import RayTaskError
+    with _engine_import("ray"):
+        import ray
+        from ray.exceptions import RayTaskError
 
     started = not ray.is_initialized()
     if started:
@@ -188,7 +189,8 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
     on the scheduler at ``address`` or a ``LocalCluster`` of ``workers`` processes started
     here. Memory is declared as the ``MEMORY`` resource when every worker offers it (the
     local cluster's workers do)."""
-    from distributed import Client, LocalCluster, as_completed
+    with _engine_import("dask"):
+        from distributed import Client, LocalCluster, as_completed
 
     with contextlib.ExitStack() as stack:
         if address is None:
@@ -218,6 +220,16 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
 
 
 ENGINES = {"local": _run_local, "ray": _run_ray, "dask": _run_dask}
+
+
+@contextlib.contextmanager
+def _engine_import(executor: str) -> Iterator[None]:
+    """An engine that is not installed is a usage error that says how to install it."""
+    try:
+        yield
+    except ImportError as exc:
+        raise validation_error("executor", f"{executor!r}, whose engine is not installed ({exc})",
+                               "an installed engine", f"pip install 'quantbridge[{executor}]', or --executor local") from None
 
 
 # -- the driver ---------------------------------------------------------------------------
@@ -324,6 +336,8 @@ def quantize_sharded(
         if staging.done:
             exc.add_note(f"{len(staging.done)} of {len(shards)} shards are finished in {staging.path}; run the "
                          "same command again to resume (or delete that folder)")
+        else:  # nothing to resume: leave nothing behind
+            shutil.rmtree(staging.path, ignore_errors=True)
         raise
     finally:
         staging.close()

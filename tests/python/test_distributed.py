@@ -200,6 +200,15 @@ def test_a_tasks_error_reaches_the_caller_as_it_was_raised(tmp_path, executor, w
     with pytest.raises(qb.ValidationError, match=r"model.layers.1.mlp.up_proj.weight.*contains NaN or Inf"):
         qb.quantize_file(bad, tmp_path / "out", executor=executor, workers=workers)
     assert not (tmp_path / "out").exists()
+    if not (tmp_path / ".out.partial" / _sharded.MANIFEST).exists():
+        assert not (tmp_path / ".out.partial").exists()  # nothing finished: nothing kept
+
+
+def test_an_engine_that_is_not_installed_says_how_to_install_it(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(qb.ValidationError, match=r"pip install 'quantbridge\[ray\]'"):
+        qb.quantize_file(checkpoint, tmp_path / "out", executor="ray")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing left behind
 
 
 def test_task_memory_is_declared_to_the_scheduler(checkpoint, tmp_path, monkeypatch):
