@@ -148,6 +148,7 @@ def shard_plan(
     spec: _Spec,
     format: str = "quantbridge",
     scale_dtype_given: bool = False,
+    force: bool = False,
     select: Callable[[str, int], bool | str | None] | None = None,
 ) -> list[dict[str, Any]]: ...
 def quantize_shard(

@@ -308,13 +308,9 @@ def quantize_sharded(
     if executor not in ENGINES:
         raise validation_error("executor", repr(executor), f"one of {', '.join(EXECUTORS)}",
                                "pass --executor local (a process pool on this machine), ray or dask")
-    if output.exists() and not force:
-        raise OSError(f"{output} already exists; pass --force to overwrite it")
-    if not output.parent.is_dir():
-        raise OSError(f"cannot write {output}: no such folder {output.parent}")
     select = _selector(include, exclude)
     shards = _native.shard_plan(source, output, spec, format=format, scale_dtype_given=scale_dtype_given,
-                                select=select)
+                                force=force, select=select)
     if workers is None:
         workers = max(1, min(os.cpu_count() or 1, len(shards)))
     if workers < 1:

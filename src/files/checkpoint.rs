@@ -494,6 +494,12 @@ impl Checkpoint {
         }
     }
 
+    /// The name of the file `entry` is stored in: a shard's file name, or
+    /// `model.safetensors` for a tensor not mapped from a file.
+    pub fn file_name_of(&self, entry: &Entry) -> String {
+        self.file_of(entry).and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model.safetensors").to_owned()
+    }
+
     /// Every mapped file, in the order their tensors are listed.
     pub fn files(&self) -> &[PathBuf] {
         &self.files

@@ -309,30 +309,34 @@ pub fn quantize_checkpoint(
 
 /// The safetensors header of the quantized output: `<name>.codes`, `.scales` and (when
 /// asymmetric) `.zero_points` for each quantized tensor, the tensor itself otherwise.
-pub(crate) fn quantized_header(ck: &Checkpoint, quantize: &[bool], spec: &QuantSpec) -> Vec<HeaderEntry> {
-    let mut header = Vec::new();
-    for (e, &q) in ck.entries().iter().zip(quantize) {
-        if !q {
-            let from = format!("the input tensor {:?} (passed through)", e.name);
-            header.push(HeaderEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes, from });
-            continue;
-        }
-        let (c, s, z) = output_sizes(&e.shape, spec);
-        let cols = e.shape[e.shape.len() - 1];
-        let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
-        let from = format!("the quantized tensor {:?}", e.name);
-        let part = |suffix: &str, dtype: Dtype, shape: Vec<usize>, nbytes: usize| HeaderEntry {
-            name: format!("{}.{suffix}", e.name),
-            dtype,
-            shape,
-            nbytes,
-            from: from.clone(),
-        };
-        header.push(part("codes", Dtype::U8, vec![c], c));
-        header.push(part("scales", scale_dtype_of(spec.scale_dtype), scales_shape.clone(), s * spec.scale_dtype.itemsize()));
-        if z > 0 {
-            header.push(part("zero_points", Dtype::U8, scales_shape, z));
-        }
+fn quantized_header(ck: &Checkpoint, quantize: &[bool], spec: &QuantSpec) -> Vec<HeaderEntry> {
+    ck.entries().iter().zip(quantize).flat_map(|(e, &q)| entry_header(e, q, spec)).collect()
+}
+
+/// What one input tensor becomes in the output's header: `<name>.codes`, `.scales` and
+/// (when asymmetric) `.zero_points` when `quantize`, the tensor itself otherwise.
+pub(crate) fn entry_header(e: &Entry, quantize: bool, spec: &QuantSpec) -> Vec<HeaderEntry> {
+    if !quantize {
+        let from = format!("the input tensor {:?} (passed through)", e.name);
+        return vec![HeaderEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone(), nbytes: e.nbytes, from }];
+    }
+    let (c, s, z) = output_sizes(&e.shape, spec);
+    let cols = e.shape[e.shape.len() - 1];
+    let scales_shape = Layout::new(e.numel() / cols, cols, spec.granularity).scales_shape();
+    let from = format!("the quantized tensor {:?}", e.name);
+    let part = |suffix: &str, dtype: Dtype, shape: Vec<usize>, nbytes: usize| HeaderEntry {
+        name: format!("{}.{suffix}", e.name),
+        dtype,
+        shape,
+        nbytes,
+        from: from.clone(),
+    };
+    let mut header = vec![
+        part("codes", Dtype::U8, vec![c], c),
+        part("scales", scale_dtype_of(spec.scale_dtype), scales_shape.clone(), s * spec.scale_dtype.itemsize()),
+    ];
+    if z > 0 {
+        header.push(part("zero_points", Dtype::U8, scales_shape, z));
     }
     header
 }

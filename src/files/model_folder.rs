@@ -24,7 +24,8 @@ use crate::quant::{BufferPool, Engine, Granularity, Kernel, QuantSpec, ScaleDTyp
 use crate::serving::{group_size, module_of, EngineResult, ServingFormat};
 
 const CONFIG: &str = "config.json";
-const INDEX: &str = "model.safetensors.index.json";
+/// A sharded checkpoint's index (also the sharded jobs', `shards.rs`).
+pub(crate) const INDEX: &str = "model.safetensors.index.json";
 
 /// Weight files of other frameworks: not copied (the output holds the weights).
 const WEIGHT_EXTENSIONS: [&str; 8] = ["safetensors", "bin", "pt", "pth", "h5", "msgpack", "ckpt", "gguf"];
@@ -169,7 +170,7 @@ impl FolderPlan {
         let mut shards: Vec<Shard> = Vec::new();
         let mut kept_linear: Vec<String> = Vec::new();
         for (i, e) in ck.entries().iter().enumerate() {
-            let file = ck.file_of(e).and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model.safetensors").to_owned();
+            let file = ck.file_name_of(e);
             if shards.last().is_none_or(|s| s.file != file) {
                 shards.push(Shard { file, header: Vec::new(), tensors: Vec::new() });
             }
@@ -353,7 +354,7 @@ fn read_config(path: &Path) -> Result<Map<String, Value>> {
     Ok(config)
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON serializes") + "\n";
     std::fs::write(path, text).map_err(|e| io_error(path, "write", &e))
 }

@@ -10,16 +10,14 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::files::{bad_file, temp_beside};
 use crate::files::checkpoint::{Checkpoint, Entry};
-use crate::files::job::{quantize_checkpoint, quantized_header, LayerReport};
-use crate::files::model_folder::{FolderJob, FolderPlan};
-use crate::files::output::check_unique_output_names;
+use crate::files::job::{entry_header, quantize_checkpoint, LayerReport};
+use crate::files::model_folder::{write_json, FolderJob, FolderPlan, INDEX};
+use crate::files::output::{check_unique_output_names, HeaderEntry};
 use crate::files::select::{decide, Choice};
-use crate::files::{bad_file, io_error};
 use crate::quant::QuantSpec;
 use crate::serving::ServingFormat;
-
-const INDEX: &str = "model.safetensors.index.json";
 
 /// The options of a sharded job.
 pub struct ShardedJob<'a> {
@@ -46,9 +44,9 @@ pub struct ShardInfo {
     pub tensors: usize,
 }
 
-/// The sharded checkpoint `input` (a folder with `model.safetensors.index.json`, or the
-/// index itself) opened, or a message saying why a sharded job cannot take it.
-fn open_sharded(input: &Path) -> Result<Checkpoint> {
+/// `input` is a sharded checkpoint (a folder with `model.safetensors.index.json`, or the
+/// index itself), or a message saying why a sharded job cannot take it.
+fn check_sharded(input: &Path) -> Result<()> {
     let is_index = input.is_dir() && input.join(INDEX).is_file()
         || input.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json"));
     if !is_index {
@@ -58,33 +56,54 @@ fn open_sharded(input: &Path) -> Result<Checkpoint> {
             "drop --executor to quantize a single file in this process",
         ));
     }
+    Ok(())
+}
+
+/// The sharded checkpoint `input`, opened.
+fn open_sharded(input: &Path) -> Result<Checkpoint> {
+    check_sharded(input)?;
     Checkpoint::open(input)
+}
+
+/// Each stored tensor of quantbridge's layout with the input shard its tensor is in, in
+/// order: what the single-file job writes for each shard, side by side.
+fn stored_tensors(ck: &Checkpoint, job: &ShardedJob<'_>) -> Vec<(String, HeaderEntry)> {
+    let spec = QuantSpec { stats: true, ..job.spec };
+    ck.entries()
+        .iter()
+        .flat_map(|e| {
+            let file = ck.file_name_of(e);
+            let quantize = decide(e, None, &spec, &(job.select)(e)).is_ok();
+            entry_header(e, quantize, &spec).into_iter().map(move |h| (file.clone(), h))
+        })
+        .collect()
 }
 
 fn folder_job<'a>(job: &'a ShardedJob<'a>, format: ServingFormat) -> FolderJob<'a> {
     FolderJob { format, spec: job.spec, scale_dtype_given: job.scale_dtype_given, force: true, select: job.select }
 }
 
-/// Check the job `input` → `output` as the serial job would before writing (spec, format,
-/// names across every shard), and list the shards to schedule, in the index's order.
-pub fn plan(input: &Path, output: &Path, job: &ShardedJob<'_>) -> Result<Vec<ShardInfo>> {
+/// Check the job `input` → `output` as the serial job would before writing (an existing
+/// output without `force`, spec, format, names across every shard), and list the shards to
+/// schedule, in the index's order.
+pub fn plan(input: &Path, output: &Path, force: bool, job: &ShardedJob<'_>) -> Result<Vec<ShardInfo>> {
+    temp_beside(output, force)?; // the serial jobs' check of the output's name and folder
     job.spec.validate()?;
     let ck = match job.format {
         Some(format) => {
-            open_sharded(input)?;
+            check_sharded(input)?;
             FolderPlan::new(input, output, &folder_job(job, format))?.into_checkpoint()
         }
         None => {
             let ck = open_sharded(input)?;
-            let spec = QuantSpec { stats: true, ..job.spec };
-            let quantize: Vec<bool> = ck.entries().iter().map(|e| decide(e, None, &spec, &(job.select)(e)).is_ok()).collect();
-            check_unique_output_names(&quantized_header(&ck, &quantize, &spec))?;
+            let header: Vec<HeaderEntry> = stored_tensors(&ck, job).into_iter().map(|(_, h)| h).collect();
+            check_unique_output_names(&header)?;
             ck
         }
     };
     let mut shards: Vec<ShardInfo> = Vec::new();
     for e in ck.entries() {
-        let file = shard_name(&ck, e);
+        let file = ck.file_name_of(e);
         if shards.last().is_none_or(|s| s.file != file) {
             shards.push(ShardInfo { file, input_bytes: 0, largest_tensor: 0, tensors: 0 });
         }
@@ -94,10 +113,6 @@ pub fn plan(input: &Path, output: &Path, job: &ShardedJob<'_>) -> Result<Vec<Sha
         shard.tensors += 1;
     }
     Ok(shards)
-}
-
-fn shard_name(ck: &Checkpoint, e: &Entry) -> String {
-    ck.file_of(e).and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model.safetensors").to_owned()
 }
 
 /// The path of input shard `file`, one the index lists.
@@ -132,21 +147,8 @@ pub fn finish(input: &Path, folder: &Path, job: &ShardedJob<'_>) -> Result<()> {
     if let Some(format) = job.format {
         return FolderPlan::new(input, folder, &folder_job(job, format))?.finish(folder);
     }
-    let ck = open_sharded(input)?;
-    let spec = QuantSpec { stats: true, ..job.spec };
-    let mut weight_map = Map::new();
-    let mut total_size = 0;
-    for path in ck.files() {
-        let shard = Checkpoint::open(path)?;
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let quantize: Vec<bool> = shard.entries().iter().map(|e| decide(e, None, &spec, &(job.select)(e)).is_ok()).collect();
-        for h in quantized_header(&shard, &quantize, &spec) {
-            total_size += h.nbytes;
-            weight_map.insert(h.name, Value::from(file));
-        }
-    }
-    let index = json!({"metadata": {"total_size": total_size, "format": "quantbridge"}, "weight_map": weight_map});
-    let path = folder.join(INDEX);
-    let text = serde_json::to_string_pretty(&index).expect("JSON serializes") + "\n";
-    std::fs::write(&path, text).map_err(|e| io_error(&path, "write", &e))
+    let stored = stored_tensors(&open_sharded(input)?, job);
+    let total_size: usize = stored.iter().map(|(_, h)| h.nbytes).sum();
+    let weight_map: Map<String, Value> = stored.into_iter().map(|(file, h)| (h.name, Value::from(file))).collect();
+    write_json(&folder.join(INDEX), &json!({"metadata": {"total_size": total_size, "format": "quantbridge"}, "weight_map": weight_map}))
 }

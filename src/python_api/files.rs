@@ -254,11 +254,12 @@ fn run_sharded<T: Send>(
     })
 }
 
-/// `shard_plan(input, output, spec, format, scale_dtype_given, select)`: check a sharded
-/// job as the serial one would before writing; one dict per input shard (`file`,
+/// `shard_plan(input, output, spec, format, scale_dtype_given, force, select)`: check a
+/// sharded job as the serial one would before writing; one dict per input shard (`file`,
 /// `input_bytes`, `largest_tensor`, `tensors`), in the index's order.
 #[pyfunction]
-#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, select=None))]
+#[pyo3(signature = (input, output, spec, format="quantbridge", scale_dtype_given=false, force=false, select=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn shard_plan<'py>(
     py: Python<'py>,
     input: PathBuf,
@@ -266,9 +267,10 @@ pub fn shard_plan<'py>(
     spec: &Bound<'py, PyTuple>,
     format: &str,
     scale_dtype_given: bool,
+    force: bool,
     select: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let plan = run_sharded(py, spec, format, scale_dtype_given, select, None, |job, _| shards::plan(&input, &output, job))?;
+    let plan = run_sharded(py, spec, format, scale_dtype_given, select, None, |job, _| shards::plan(&input, &output, force, job))?;
     let list = PyList::empty(py);
     for s in plan {
         let d = PyDict::new(py);
