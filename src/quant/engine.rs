@@ -274,6 +274,17 @@ struct ChunkOut<'o> {
     zero_points: &'o mut [u8],
 }
 
+impl ChunkOut<'_> {
+    /// Store group `g`'s scale (and zero point, when the spec stores them).
+    #[inline(always)]
+    fn set_params(&mut self, g: usize, p: &GroupParams) {
+        self.scales[g] = p.scale;
+        if let Some(z) = self.zero_points.get_mut(g) {
+            *z = p.zp as u8;
+        }
+    }
+}
+
 /// Everything a chunk reads.
 struct Chunk<'c, 'a, 'v, T> {
     data: &'c Strided<'a, 'v, T>,
@@ -373,11 +384,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         }
                     };
                     writer.finish();
-                    let g = (rb + i) * lay.groups_per_row + j - first_group;
-                    out.scales[g] = params.scale;
-                    if let Some(z) = out.zero_points.get_mut(g) {
-                        *z = params.zp as u8;
-                    }
+                    out.set_params((rb + i) * lay.groups_per_row + j - first_group, &params);
                 }
             }
         }
@@ -387,12 +394,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 
     /// Quantize flat elements `e0..e1` group after group, in flat order.
     #[inline(always)]
-    fn run_rows<const STATS: bool>(&self, e0: usize, e1: usize, out: ChunkOut<'_>) -> Result<StatsAcc> {
+    fn run_rows<const STATS: bool>(&self, e0: usize, e1: usize, mut out: ChunkOut<'_>) -> Result<StatsAcc> {
         let lay = self.layout;
         if e0 == e1 {
             return Ok(StatsAcc::default());
         }
-        let mut writer = CodeWriter::new(out.codes, self.writer_bits() as u8);
+        let mut writer = CodeWriter::new(std::mem::take(&mut out.codes), self.writer_bits() as u8);
         let mut acc = StatsAcc::default();
         let mut scratch: Vec<f32> = Vec::new();
         // Whole rows of a view whose last axis is strided, gathered a few at a time.
@@ -400,6 +407,14 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let vector_kernels = self.cpu.is_some();
         let mut tile: Vec<f32> = if strided { TILE.with(|t| std::mem::take(&mut *t.borrow_mut())) } else { Vec::new() };
         let mut tile_rows = 0..0;
+        // Batches need each group's own parameters, a contiguous row, and the element type
+        // the per-group path would encode from (half precision is widened first below for
+        // statistics and for the portable kernel).
+        let batching = self.fixed.is_none()
+            && !strided
+            && lay.group_len < lay.cols
+            && (T::DTYPE == DType::F32 || (!STATS && vector_kernels));
+        let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut group = 0;
         let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
         let mut row_offset = self.data.row_offset(row);
@@ -413,10 +428,33 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     tile_rows = row..row + rows;
                 }
             }
-            let fresh = if tile_rows.contains(&row) {
+            // Whole groups of a contiguous row, several at a time: their parameters first,
+            // then their codes (see `batch_params`).
+            let batch_groups =
+                if batching { ((lay.cols - col).min(e1 - e) / lay.group_len).min(BATCH_GROUPS) } else { 0 };
+            let batched = batch_groups >= 2
+                && match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
+                    Some(run) if self.batch_params(run, batch_groups, &mut batch) => {
+                        for (p, xs) in batch.iter().zip(run.chunks_exact(lay.group_len)).take(batch_groups) {
+                            self.encode_group::<T, STATS>(xs, *p, &mut writer, &mut acc);
+                            out.set_params(group, p);
+                            group += 1;
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+            let len = if batched {
+                batch_groups * lay.group_len
+            } else if tile_rows.contains(&row) {
                 let at = (row - tile_rows.start) * lay.cols + col;
-                self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)
+                if let Some(p) = self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)? {
+                    out.set_params(group, &p);
+                    group += 1;
+                }
+                len
             } else {
+                let fresh = 
                 match self.data.contiguous_run(row_offset, col, len) {
                     // Without the vector kernels (which widen in registers), half and double
                     // precision groups are widened to float32 once (exact for f16/bf16; f64
@@ -432,15 +470,13 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         self.data.read_run(row_offset, col, len, &mut scratch);
                         self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
                     }
+                }?;
+                if let Some(p) = fresh {
+                    out.set_params(group, &p);
+                    group += 1;
                 }
-            }?;
-            if let Some(p) = fresh {
-                out.scales[group] = p.scale;
-                if let Some(z) = out.zero_points.get_mut(group) {
-                    *z = p.zp as u8;
-                }
-                group += 1;
-            }
+                len
+            };
             e += len;
             col += len;
             if col == lay.cols {
@@ -477,6 +513,42 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 (p, true)
             }
         };
+        self.encode_group::<S, STATS>(xs, params, writer, acc);
+        Ok(fresh.then_some(params))
+    }
+
+    /// The parameters of the `count` consecutive groups that start `run` (each
+    /// `group_len` long), all found before any of them is encoded, into `params`. Each
+    /// group's extremes and divisions form a long dependent chain; found one group at a
+    /// time, the next group's chain waits behind the previous group's encode, and found
+    /// together the CPU overlaps them. `false` when a group is not finite or has no
+    /// representable scale: the caller then takes the groups one at a time, which reports
+    /// the first such group as a sequential scan would.
+    #[inline(always)]
+    fn batch_params<S: Element>(&self, run: &[S], count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
+        let group_len = self.layout.group_len;
+        for (p, xs) in params.iter_mut().zip(run.chunks_exact(group_len)).take(count) {
+            let Ok((mn, mx)) = min_max(xs, 0, self.cpu) else {
+                return false;
+            };
+            match group_params(mn, mx, self.spec) {
+                Some(found) => *p = found,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Encode one group (or per-tensor row segment) `xs` with `params`, and with `STATS`
+    /// add its error statistics to `acc`.
+    #[inline(always)]
+    fn encode_group<S: Element, const STATS: bool>(
+        &self,
+        xs: &[S],
+        params: GroupParams,
+        writer: &mut CodeWriter<'_>,
+        acc: &mut StatsAcc,
+    ) {
         // Statistics come from the vector encode itself (its code values, in registers)
         // when it runs, else from a pass over the group while it is still in L1.
         let fused = STATS && self.cpu.is_some() && writer.byte_aligned();
@@ -534,7 +606,6 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         for &x in rest {
             writer.push(params.encode(x.to_f32()));
         }
-        Ok(fresh.then_some(params))
     }
 }
 
@@ -582,6 +653,9 @@ const MAX_BLOCK_COLS: usize = 256;
 /// Most rows per tile: 256 bytes of a transposed weight's column per page visited (16 rows
 /// ran 1.7× slower).
 const MAX_TILE_ROWS: usize = 64;
+/// Most groups [`Chunk::batch_params`] finds the parameters of before encoding them (16
+/// groups of 128 float32 values, 8 KiB, are still in L1 when encoded).
+const BATCH_GROUPS: usize = 16;
 /// Independent accumulators in [`min_max`], so the reduction vectorizes.
 const LANES: usize = 16;
 

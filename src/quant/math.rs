@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use super::spec::{QuantSpec, ScaleDType};
 
 /// How one group is encoded: `stored = clamp(rint(x * inv) + zp, lo, hi) + offset`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GroupParams {
     /// The stored scale, already rounded to the scale dtype (as float32).
     pub scale: f32,

@@ -525,11 +525,12 @@ pub mod avx2 {
         let out_block = 32 * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() / 32 * out_block);
         let inv = _mm256_set1_ps(p.inv);
-        let magic = _mm256_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
-        let zp = _mm256_set1_ps(p.zp);
-        let lo = _mm256_set1_ps(p.lo);
-        let hi = _mm256_set1_ps(p.hi);
-        let offset = _mm256_set1_epi32(p.offset);
+        // `clamp(rint(y) + zp, lo, hi)` is `rint(clamp(y, lo - zp, hi - zp)) + zp` (rint is
+        // monotone and the bounds are integers): clamped first, `y` stays far inside the
+        // exact range of the rounding, and the zero point joins the offset as an integer.
+        let below = _mm256_set1_ps(p.lo - p.zp);
+        let above = _mm256_set1_ps(p.hi - p.zp);
+        let shift = _mm256_set1_epi32(p.zp as i32 + p.offset);
         // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
         let signed = p.lo + (p.offset as f32) < 0.0;
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -539,18 +540,17 @@ pub mod avx2 {
         let mut block_sums = [_mm256_setzero_ps(); 3];
         let code = |v: __m256, sums: &mut [__m256; 3]| {
             let y = _mm256_mul_ps(v, inv);
-            let r = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
-            let q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zp), lo), hi);
+            // Round half to even, as `rint_small` (never the MXCSR mode).
+            let d = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(y, below), above));
             if STATS {
-                // As `BlockSums::lane`, from this y = x·inv and q.
-                let d = _mm256_sub_ps(q, zp);
+                // As `BlockSums::lane`, from this y = x·inv and d = q − zp.
                 let e = _mm256_and_ps(_mm256_sub_ps(y, d), abs_mask);
                 sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(e, e));
                 sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
                 let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
                 sums[2] = _mm256_max_ps(err, sums[2]);
             }
-            _mm256_add_epi32(_mm256_cvttps_epi32(q), offset)
+            _mm256_add_epi32(_mm256_cvttps_epi32(d), shift)
         };
         // Multipliers that fold neighbouring codes into one value (maddubs: unsigned bytes
         // times signed bytes, adjacent pairs summed): c0 + 16·c1 for nibbles; c0 + 4·c1,
@@ -808,11 +808,10 @@ pub mod avx512 {
         let out_step = STEP * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() * bits as usize / 8);
         let inv = _mm512_set1_ps(p.inv);
-        let magic = _mm512_set1_ps(12_582_912.0); // 1.5 * 2^23, as `rint_small`
-        let zp = _mm512_set1_ps(p.zp);
-        let lo = _mm512_set1_ps(p.lo);
-        let hi = _mm512_set1_ps(p.hi);
-        let offset = _mm512_set1_epi32(p.offset);
+        // Clamped before rounding, as in the AVX2 kernel.
+        let below = _mm512_set1_ps(p.lo - p.zp);
+        let above = _mm512_set1_ps(p.hi - p.zp);
+        let shift = _mm512_set1_epi32(p.zp as i32 + p.offset);
         // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
         let signed = p.lo + (p.offset as f32) < 0.0;
         // `packs` work within 128-bit lanes: lane L holds dwords 4L..4L+3 of a, b, c, d.
@@ -823,12 +822,16 @@ pub mod avx512 {
         let mut block_sums = [_mm256_setzero_ps(); 2];
         let mut block_max = _mm512_setzero_ps();
         let code = |v: __m512, sums: &mut [__m256; 2], max: &mut __m512| {
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             let y = _mm512_mul_ps(v, inv);
-            let r = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-            let q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zp), lo), hi);
-            if STATS {
+            let c = _mm512_min_ps(_mm512_max_ps(y, below), above);
+            if !STATS {
+                // Rounded half to even as it converts.
+                return _mm512_add_epi32(_mm512_cvt_roundps_epi32::<NEAREST>(c), shift);
+            }
+            let d = _mm512_roundscale_ps::<NEAREST>(c);
+            {
                 // As `BlockSums::lane`: elements k and k + 8 of the vector are lane k.
-                let d = _mm512_sub_ps(q, zp);
                 let e = _mm512_abs_ps(_mm512_sub_ps(y, d));
                 let (e_lo, e_hi) = halves(_mm512_mul_ps(e, e));
                 let (y_lo, y_hi) = halves(_mm512_mul_ps(y, y));
@@ -837,7 +840,7 @@ pub mod avx512 {
                 let err = _mm512_abs_ps(_mm512_sub_ps(v, _mm512_mul_ps(d, scale)));
                 *max = _mm512_max_ps(err, *max);
             }
-            _mm512_add_epi32(_mm512_cvttps_epi32(q), offset)
+            _mm512_add_epi32(_mm512_cvttps_epi32(d), shift)
         };
         // As in the AVX2 kernel: maddubs multipliers that fold neighbouring codes.
         let nibble_pairs = _mm512_set1_epi16(0x1001);
