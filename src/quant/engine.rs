@@ -4,12 +4,12 @@
 use rayon::prelude::*;
 
 use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
-use super::math::{group_params, GroupParams};
+use super::math::{code_bounds, group_params, group_params_lanes, GroupParams, ParamLanes, PARAM_LANES};
 use super::pack::{stream_len, CodeWriter};
 use super::quantized::{BlockSums, Quantized, Scales, SegmentLanes, Stats, StatsAcc, STAT_BLOCK};
 use super::alloc::{Allocator, Fresh};
 use super::simd::{Avx2, Kernel};
-use super::spec::QuantSpec;
+use super::spec::{QuantSpec, ScaleDType};
 use super::view::{DType, Element, Strided, TensorView};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
@@ -527,6 +527,24 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     #[inline(always)]
     fn batch_params<S: Element>(&self, run: &[S], count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
         let group_len = self.layout.group_len;
+        if self.spec.scale_dtype == ScaleDType::F32 {
+            let (mut mn, mut mx) = ([0f32; PARAM_LANES], [0f32; PARAM_LANES]);
+            for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
+                let Ok(range) = min_max(xs, 0, self.cpu) else {
+                    return false;
+                };
+                (mn[i], mx[i]) = range;
+            }
+            let mut lanes = ParamLanes::default();
+            if !group_params_lanes(&mn, &mx, self.spec, &mut lanes) {
+                return false;
+            }
+            let (lo, hi, offset) = code_bounds(self.spec);
+            for (i, p) in params.iter_mut().take(count).enumerate() {
+                *p = GroupParams { scale: lanes.scale[i], inv: lanes.inv[i], zp: lanes.zp[i], lo, hi, offset };
+            }
+            return true;
+        }
         for (p, xs) in params.iter_mut().zip(run.chunks_exact(group_len)).take(count) {
             let Ok((mn, mx)) = min_max(xs, 0, self.cpu) else {
                 return false;
@@ -655,7 +673,7 @@ const MAX_BLOCK_COLS: usize = 256;
 const MAX_TILE_ROWS: usize = 64;
 /// Most groups [`Chunk::batch_params`] finds the parameters of before encoding them (16
 /// groups of 128 float32 values, 8 KiB, are still in L1 when encoded).
-const BATCH_GROUPS: usize = 16;
+const BATCH_GROUPS: usize = PARAM_LANES;
 /// Independent accumulators in [`min_max`], so the reduction vectorizes.
 const LANES: usize = 16;
 
