@@ -265,6 +265,38 @@ fn first_non_finite_is_reported_by_flat_index() {
     }
 }
 
+/// Groups are found 16 at a time before they are encoded; a group in such a batch whose
+/// scale overflows, or that holds a non-finite value, is still the one the error names
+/// (the first in flat order), on every kernel build, and the batches around it are
+/// unchanged.
+#[test]
+fn a_bad_group_inside_a_batch_is_the_one_reported() {
+    let cols = 32 * 64; // 32 groups of 64 per row: two batches of 16
+    let values: Vec<f32> = (0..4 * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    for kernel in Kernel::supported() {
+        let engine = Engine::new(kernel, &Fresh);
+        for (at, bad, group) in [(cols + 20 * 64 + 3, f32::NAN, None), (2 * cols + 64 * 5, 3.0e38, Some(2 * 32 + 5))] {
+            let mut values = values.clone();
+            values[at] = bad;
+            if bad > 0.0 {
+                values[at + 1] = -3.0e38; // a range of 6e38 overflows float32
+            }
+            let view = TensorView::contiguous(ElemSlice::F32(&values), vec![4, cols]).unwrap();
+            let err = engine.quantize(&view, &QuantSpec { granularity: Granularity::Group(64), ..QuantSpec::default() }).unwrap_err();
+            match group {
+                None => assert!(matches!(err, quantbridge::Error::NonFinite { index, .. } if index == at), "{}: {err:?}", kernel.name()),
+                Some(g) => assert!(err.to_string().contains(&format!("group {g} ")), "{}: {err}", kernel.name()),
+            }
+        }
+        let view = TensorView::contiguous(ElemSlice::F32(&values), vec![4, cols]).unwrap();
+        for spec in [QuantSpec { granularity: Granularity::Group(64), ..QuantSpec::default() }, QuantSpec { granularity: Granularity::Group(64), symmetric: true, bits: 8, pack: false, ..QuantSpec::default() }] {
+            let q = engine.quantize(&view, &spec).unwrap();
+            let reference = quantize_reference(&view, &spec).unwrap();
+            assert_eq!((&q.codes, &q.scales, &q.zero_points), (&reference.codes, &reference.scales, &reference.zero_points), "{}", kernel.name());
+        }
+    }
+}
+
 /// bfloat16 groups find their extremes on 16-bit keys: every non-finite kind, in every
 /// lane position, is still reported at its flat index.
 #[test]
