@@ -364,6 +364,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let first_group = lay.group_of(e0);
         let mut acc = StatsAcc::default();
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut result = Ok(());
         'blocks: for rb in (r0..r1).step_by(BLOCK_ROWS) {
             // The same rows for every group of the block: their starts are found once.
@@ -372,19 +373,31 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 let c0 = j * lay.group_len;
                 let width = lay.group_len.min(lay.cols - c0);
                 self.data.gather(&starts, c0..c0 + width, &mut block, self.cpu);
-                for (i, xs) in block.chunks_exact(width).enumerate() {
-                    let e = (rb + i) * lay.cols + c0;
-                    let at = (e - e0) * bits / 8;
-                    let mut writer = CodeWriter::new(&mut out.codes[at..at + width * bits / 8], bits as u8);
-                    let params = match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
-                        Ok(p) => p.expect("a group quantized on its own has its own parameters"),
-                        Err(err) => {
-                            result = Err(err);
-                            break 'blocks;
-                        }
-                    };
-                    writer.finish();
-                    out.set_params((rb + i) * lay.groups_per_row + j - first_group, &params);
+                // The gathered groups lie one after another: found 16 at a time, as in
+                // `run_rows`, else (a bad group among them) one at a time.
+                for (n, rows) in block.chunks(width * BATCH_GROUPS).enumerate() {
+                    let count = rows.len() / width;
+                    let batched = self.batch_params(rows, width, count, &mut batch);
+                    for (k, xs) in rows.chunks_exact(width).enumerate() {
+                        let i = n * BATCH_GROUPS + k;
+                        let e = (rb + i) * lay.cols + c0;
+                        let at = (e - e0) * bits / 8;
+                        let mut writer = CodeWriter::new(&mut out.codes[at..at + width * bits / 8], bits as u8);
+                        let params = if batched {
+                            self.encode_group::<f32, false>(xs, batch[k], &mut writer, &mut acc);
+                            batch[k]
+                        } else {
+                            match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
+                                Ok(p) => p.expect("a group quantized on its own has its own parameters"),
+                                Err(err) => {
+                                    result = Err(err);
+                                    break 'blocks;
+                                }
+                            }
+                        };
+                        writer.finish();
+                        out.set_params((rb + i) * lay.groups_per_row + j - first_group, &params);
+                    }
                 }
             }
         }
@@ -434,7 +447,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 if batching { ((lay.cols - col).min(e1 - e) / lay.group_len).min(BATCH_GROUPS) } else { 0 };
             let batched = batch_groups >= 2
                 && match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
-                    Some(run) if self.batch_params(run, batch_groups, &mut batch) => {
+                    Some(run) if self.batch_params(run, lay.group_len, batch_groups, &mut batch) => {
                         for (p, xs) in batch.iter().zip(run.chunks_exact(lay.group_len)).take(batch_groups) {
                             self.encode_group::<T, STATS>(xs, *p, &mut writer, &mut acc);
                             out.set_params(group, p);
@@ -525,8 +538,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// representable scale: the caller then takes the groups one at a time, which reports
     /// the first such group as a sequential scan would.
     #[inline(always)]
-    fn batch_params<S: Element>(&self, run: &[S], count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
-        let group_len = self.layout.group_len;
+    fn batch_params<S: Element>(&self, run: &[S], group_len: usize, count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
         if self.spec.scale_dtype == ScaleDType::F32 {
             let (mut mn, mut mx) = ([0f32; PARAM_LANES], [0f32; PARAM_LANES]);
             for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
