@@ -297,6 +297,39 @@ fn a_bad_group_inside_a_batch_is_the_one_reported() {
     }
 }
 
+/// A transposed weight (gathered in blocks, its groups found 16 at a time) with a row
+/// count that is not a multiple of 16, a narrower last group, every width, packing and
+/// scale dtype, and half-precision inputs, gives the reference's bytes on every kernel
+/// build.
+#[test]
+fn transposed_weights_of_every_shape_and_dtype_match_the_reference() {
+    let (rows, cols) = (37usize, 200usize);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+    let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+    let brains: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+    let inputs = [ElemSlice::F32(&values), ElemSlice::F16(&halves), ElemSlice::BF16(&brains)];
+    for data in inputs {
+        // Memory holds a (cols, rows) matrix; the view is its transpose, (rows, cols).
+        let view = TensorView::new(data, 0, vec![rows, cols], vec![1, rows as isize]).unwrap();
+        for (bits, symmetric, pack, group, scale_dtype) in [
+            (4, false, true, 64, ScaleDType::F32),
+            (4, true, true, 128, ScaleDType::F16),
+            (2, false, true, 40, ScaleDType::F32),
+            (8, true, false, 100, ScaleDType::BF16),
+            (4, true, false, 32, ScaleDType::F32),
+        ] {
+            let spec = QuantSpec { bits, symmetric, pack, granularity: Granularity::Group(group), scale_dtype, stats: false };
+            let reference = quantize_reference(&view, &spec).unwrap();
+            for kernel in Kernel::supported() {
+                let q = Engine::new(kernel, &Fresh).quantize(&view, &spec).unwrap();
+                assert_eq!(q.codes, reference.codes, "{} {spec:?} codes", kernel.name());
+                assert_eq!(q.scales, reference.scales, "{} {spec:?} scales", kernel.name());
+                assert_eq!(q.zero_points, reference.zero_points, "{} {spec:?} zero points", kernel.name());
+            }
+        }
+    }
+}
+
 /// bfloat16 groups find their extremes on 16-bit keys: every non-finite kind, in every
 /// lane position, is still reported at its flat index.
 #[test]
