@@ -14,8 +14,9 @@ machine hits all of them alike instead of one.
   and gguf-py's Q4_0 when installed (``pip install .[bench]``). Peers are timed one after
   another, not interleaved: their thread pools spin after each call.
 * Read-limit rows (``--limit-mib``, default 256 and 1024): int4 g128, int8 per-channel and
-  int2 g128 of float32, float16 and bfloat16 arrays, each against a two-thread read pass of
-  the same array (``torch.sum`` pinned to 2 threads), measured in the same rounds.
+  int2 g128 of float32, float16 and bfloat16 arrays, each against a read pass of the same
+  array on quantbridge's own threads (``_native._read_pass``: every byte read once),
+  interleaved with the kernels round by round.
 * Small calls: microseconds per call / per layer (these are latencies, not bandwidths).
 """
 
@@ -145,33 +146,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def two_thread_read(t: torch.Tensor) -> None:
-    """Read every byte of `t` once on two threads (`torch.sum`): the read limit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        torch.sum(t)
-    finally:
-        torch.set_num_threads(threads)
+def read_pass(t) -> None:
+    """Read every byte of `t` once on quantbridge's own threads (as many as the kernels
+    use): the read limit. A Rust pass rather than `torch.sum`, whose OpenMP threads keep
+    spinning after a call and slowed whatever ran next, so it can be interleaved."""
+    qb._native._read_pass(t)
 
 
 def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]]:
-    """Each kernel on a `mib` MiB array of each input dtype, against a two-thread read of
-    that array (the bound: int4 writes an eighth of what it reads)."""
+    """Each kernel on a `mib` MiB array of each input dtype, against a read pass over that
+    array (the bound: int4 writes an eighth of what it reads), interleaved round by round."""
     n = mib * 2**20 // 4
     base = torch.from_numpy(np.random.default_rng(1).standard_normal(n, dtype=np.float32).reshape(-1, 8192))
     specs = {"int4 g128": {}, "int8 per-channel": {"bits": 8, "group_size": None}, "int2 g128": {"bits": 2}}
     table = []
     for dtype in ("float32", "float16", "bfloat16"):
         t = base if dtype == "float32" else base.to(getattr(torch, dtype))
-
-        # In blocks, the read pass first: torch's OpenMP threads spin after it, and would
-        # slow a kernel run right behind it on a 2-core machine; the pause lets them sleep.
-        times = in_blocks({"read": (lambda t: lambda: two_thread_read(t))(t)}, rounds)
-        time.sleep(1.0)
-        times.update(in_blocks({name: (lambda spec: lambda: qb.quantize(t, **spec))(spec)
-                                for name, spec in specs.items()}, rounds))
-        table.append((f"read pass, {dtype}, torch.sum 2 threads (the read limit)", mib, times["read"] * 1e3, 1.0))
+        candidates = {"read": (lambda t: lambda: read_pass(t))(t)}
+        candidates.update({name: (lambda spec: lambda: qb.quantize(t, **spec))(spec) for name, spec in specs.items()})
+        times = interleaved(candidates, rounds)
+        table.append((f"read pass, {dtype} (the read limit)", mib, times["read"] * 1e3, 1.0))
         for name in specs:
             table.append((f"quantbridge {name}, {dtype}, vs its read pass", mib, times[name] * 1e3,
                           times[name] / times["read"]))
@@ -208,11 +202,6 @@ def main():
         finally:
             qb.configure_buffer_pool(max_bytes=previous)
 
-    tx = torch.from_numpy(x)
-
-    def read_pass():
-        two_thread_read(tx)
-
     rows = {
         "np.copyto (memcpy, the baseline)": lambda: np.copyto(dst, x),
         "int4 g128 asymmetric": lambda: qb.quantize(x),
@@ -225,7 +214,7 @@ def main():
         "dequantize int4 g128 (float32 out, same size)": lambda: q.dequantize(),
         "int4 g128 with stats=True (error statistics fused)": lambda: qb.quantize(x, stats=True),
         "int8 per-channel with stats=True": lambda: qb.quantize(x, bits=8, group_size=None, stats=True),
-        "read pass: torch.sum of the same array, 2 threads (the read limit)": read_pass,
+        "read pass: every byte of the same array once (the read limit)": lambda: read_pass(x),
     }
     t = interleaved(rows, args.rounds)
     base = t["np.copyto (memcpy, the baseline)"]

@@ -43,6 +43,29 @@ fn _kernel() -> &'static str {
     crate::quant::Kernel::best().name()
 }
 
+/// Read every byte of a tensor once, on the engine's threads (a wrapping sum of its 8-byte
+/// words; the GIL is released): the read limit the benchmarks compare the kernels with.
+/// Unlike `torch.sum` it leaves no OpenMP threads spinning after it, so the benchmark can
+/// interleave it with the kernels it is the baseline of.
+#[pyfunction]
+fn _read_pass(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    use rayon::prelude::*;
+    let imported = crate::foreign::import::import_tensor(obj)?;
+    let view = imported.tensor.view();
+    let data = view.data();
+    let bytes = data.bytes();
+    Ok(py.detach(|| {
+        bytes
+            .par_chunks(1 << 18)
+            .map(|chunk| {
+                let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(chunk);
+                let sum = words.iter().fold(0u64, |a, &w| a.wrapping_add(w));
+                head.iter().chain(tail).fold(sum, |a, &b| a.wrapping_add(b as u64))
+            })
+            .reduce(|| 0, u64::wrapping_add)
+    }))
+}
+
 /// Panics inside the detached region, to prove panics are contained (tests only).
 #[pyfunction]
 fn _panic_in_engine(py: Python<'_>) -> PyResult<()> {
@@ -85,6 +108,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_borrow_info, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;
     m.add_function(wrap_pyfunction!(_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(_read_pass, m)?)?;
     m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
     m.add("ValidationError", errors::validation_error_type(py)?)?;
     m.add("BatchQuantizationError", errors::batch_error_type(py)?)?;

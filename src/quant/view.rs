@@ -138,6 +138,16 @@ impl ElemSlice<'_> {
         }
     }
 
+    /// The elements' bytes, as they lie in memory.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ElemSlice::F32(s) => bytemuck::cast_slice(s),
+            ElemSlice::F16(s) => bytemuck::cast_slice(s),
+            ElemSlice::BF16(s) => bytemuck::cast_slice(s),
+            ElemSlice::F64(s) => bytemuck::cast_slice(s),
+        }
+    }
+
     /// Address of the first element (for zero-copy checks in tests and metrics).
     pub fn as_ptr(&self) -> *const u8 {
         match self {

@@ -192,3 +192,16 @@ def test_debug_log_record_per_call(caplog):
         qb.quantize(np.ones(16, np.float32))
     [record] = [r for r in caplog.records if r.name == "quantbridge"]
     assert record.quantbridge["api"] == "quantize" and record.quantbridge["bytes_copied"] == 0
+
+
+def test_the_benchmarks_read_pass_reads_every_byte_in_place():
+    """`_native._read_pass` (the benchmarks' read limit) reads the producer's own bytes: its
+    wrapping sum of 8-byte words and leftover bytes changes with any byte, and matches
+    numpy's for an aligned float32 array and a bfloat16 tensor too short for one word."""
+    x = np.random.default_rng(3).standard_normal(1000, dtype=np.float32)
+    words = x.view(np.uint64)
+    assert qb._native._read_pass(x) == int(words.sum(dtype=np.uint64))
+    x[517] += 1.0
+    assert qb._native._read_pass(x) == int(x.view(np.uint64).sum(dtype=np.uint64))
+    short = torch.ones(3, dtype=torch.bfloat16)
+    assert qb._native._read_pass(short) == 3 * (0x80 + 0x3F)
