@@ -15,8 +15,8 @@ machine hits all of them alike instead of one.
   another, not interleaved: their thread pools spin after each call.
 * Read-limit rows (``--limit-mib``, default 256 and 1024): int4 g128, int8 per-channel and
   int2 g128 of float32, float16 and bfloat16 arrays, each against a read pass of the same
-  array on quantbridge's own threads (``_native._read_pass``: every byte read once),
-  interleaved with the kernels round by round.
+  array on quantbridge's own threads (``_native._read_pass``: every byte read once), each
+  timed in a block of its own.
 * Small calls: microseconds per call / per layer (these are latencies, not bandwidths).
 """
 
@@ -155,7 +155,7 @@ def read_pass(t) -> None:
 
 def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]]:
     """Each kernel on a `mib` MiB array of each input dtype, against a read pass over that
-    array (the bound: int4 writes an eighth of what it reads), interleaved round by round."""
+    array (the bound: int4 writes an eighth of what it reads)."""
     n = mib * 2**20 // 4
     base = torch.from_numpy(np.random.default_rng(1).standard_normal(n, dtype=np.float32).reshape(-1, 8192))
     specs = {"int4 g128": {}, "int8 per-channel": {"bits": 8, "group_size": None}, "int2 g128": {"bits": 2}}
@@ -164,7 +164,9 @@ def read_limit_rows(mib: int, rounds: int) -> list[tuple[str, int, float, float]
         t = base if dtype == "float32" else base.to(getattr(torch, dtype))
         candidates = {"read": (lambda t: lambda: read_pass(t))(t)}
         candidates.update({name: (lambda spec: lambda: qb.quantize(t, **spec))(spec) for name, spec in specs.items()})
-        times = interleaved(candidates, rounds)
+        # Each candidate in a block of its own: interleaved, the three specs' results (of
+        # three sizes) took turns in the buffer pool, and every call paid fresh pages.
+        times = in_blocks(candidates, rounds)
         table.append((f"read pass, {dtype} (the read limit)", mib, times["read"] * 1e3, 1.0))
         for name in specs:
             table.append((f"quantbridge {name}, {dtype}, vs its read pass", mib, times[name] * 1e3,
