@@ -459,29 +459,26 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 };
             let len = if batched {
                 batch_groups * lay.group_len
-            } else if tile_rows.contains(&row) {
-                let at = (row - tile_rows.start) * lay.cols + col;
-                if let Some(p) = self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)? {
-                    out.set_params(group, &p);
-                    group += 1;
-                }
-                len
             } else {
-                let fresh = 
-                match self.data.contiguous_run(row_offset, col, len) {
-                    // Without the vector kernels (which widen in registers), half and double
-                    // precision groups are widened to float32 once (exact for f16/bf16; f64
-                    // rounds exactly as `to_f32` does everywhere), so the float32 loops do
-                    // the rest.
-                    Some(run) if T::DTYPE != DType::F32 && (STATS || !vector_kernels) => {
-                        scratch.clear();
-                        scratch.extend(run.iter().map(|x| x.to_f32()));
-                        self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
-                    }
-                    Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
-                    None => {
-                        self.data.read_run(row_offset, col, len, &mut scratch);
-                        self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                let fresh = if tile_rows.contains(&row) {
+                    let at = (row - tile_rows.start) * lay.cols + col;
+                    self.group::<f32, STATS>(&tile[at..at + len], e, &mut writer, &mut acc)
+                } else {
+                    match self.data.contiguous_run(row_offset, col, len) {
+                        // Without the vector kernels (which widen in registers), half and double
+                        // precision groups are widened to float32 once (exact for f16/bf16; f64
+                        // rounds exactly as `to_f32` does everywhere), so the float32 loops do
+                        // the rest.
+                        Some(run) if T::DTYPE != DType::F32 && (STATS || !vector_kernels) => {
+                            scratch.clear();
+                            scratch.extend(run.iter().map(|x| x.to_f32()));
+                            self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                        }
+                        Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
+                        None => {
+                            self.data.read_run(row_offset, col, len, &mut scratch);
+                            self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
+                        }
                     }
                 }?;
                 if let Some(p) = fresh {
@@ -539,14 +536,14 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// the first such group as a sequential scan would.
     #[inline(always)]
     fn batch_params<S: Element>(&self, run: &[S], group_len: usize, count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
+        let (mut mn, mut mx) = ([0f32; PARAM_LANES], [0f32; PARAM_LANES]);
+        for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
+            let Ok(range) = min_max(xs, 0, self.cpu) else {
+                return false;
+            };
+            (mn[i], mx[i]) = range;
+        }
         if self.spec.scale_dtype == ScaleDType::F32 {
-            let (mut mn, mut mx) = ([0f32; PARAM_LANES], [0f32; PARAM_LANES]);
-            for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
-                let Ok(range) = min_max(xs, 0, self.cpu) else {
-                    return false;
-                };
-                (mn[i], mx[i]) = range;
-            }
             let mut lanes = ParamLanes::default();
             if !group_params_lanes(&mn, &mx, self.spec, &mut lanes) {
                 return false;
@@ -557,11 +554,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             }
             return true;
         }
-        for (p, xs) in params.iter_mut().zip(run.chunks_exact(group_len)).take(count) {
-            let Ok((mn, mx)) = min_max(xs, 0, self.cpu) else {
-                return false;
-            };
-            match group_params(mn, mx, self.spec) {
+        // Scales rounded to a half-precision dtype: one group at a time.
+        for (i, p) in params.iter_mut().take(count).enumerate() {
+            match group_params(mn[i], mx[i], self.spec) {
                 Some(found) => *p = found,
                 None => return false,
             }
