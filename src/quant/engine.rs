@@ -588,19 +588,19 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 let bytes = BLOCK / writer.codes_per_byte();
                 let whole = xs.len() / BLOCK * BLOCK;
                 if fused {
-                    let mut lanes = SegmentLanes::default();
-                    // BLOCK is STAT_BLOCK: the whole blocks are whole statistics blocks.
-                    cpu.encode_with_stats(&xs[..whole], params, writer.bits(), writer.next_bytes(whole / BLOCK * bytes), &mut lanes);
+                    // BLOCK is STAT_BLOCK: the whole blocks are whole statistics blocks, and
+                    // the rest (encoded below) the segment's last block.
                     rest = &xs[whole..];
-                    if !rest.is_empty() {
+                    let tail = (!rest.is_empty()).then(|| {
                         let mut last = BlockSums::default();
                         for (k, &x) in rest.iter().enumerate() {
                             let x = x.to_f32();
                             last.lane(k % 8, x, params.code_value(x) - params.zp, params.inv, params.scale);
                         }
-                        lanes.add_block(&last);
-                    }
-                    lanes.finish(acc, params.scale);
+                        last
+                    });
+                    let bits = writer.bits();
+                    cpu.encode_with_stats(&xs[..whole], params, bits, writer.next_bytes(whole / BLOCK * bytes), tail.as_ref(), acc);
                 } else {
                     // One call for the whole blocks: the kernel's set-up is paid once a group.
                     if whole > 0 {

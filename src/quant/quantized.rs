@@ -87,8 +87,9 @@ pub struct Stats {
 /// within one row) comes in blocks of at most [`STAT_BLOCK`] elements; element `j` of a
 /// block goes to lane `j % 8`, whose squares (in units of the scale) are summed in float32
 /// over the block and then added to the lane's float64 sum, so the loop vectorizes. When
-/// the segment ends the lanes are folded in order and scaled by `scale²` into a
-/// [`StatsAcc`]. A fixed order, the same in every kernel build and in the scalar reference.
+/// the segment ends the lanes are folded pairwise ([`fold_lanes`]) and scaled by `scale²`
+/// into a [`StatsAcc`]. A fixed order, the same in every kernel build and in the scalar
+/// reference.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SegmentLanes {
     sq_err: [f64; STAT_LANES],
@@ -163,21 +164,21 @@ impl SegmentLanes {
         }
     }
 
-    /// Fold the lanes, in order, into `acc`, back in the tensor's units (× `scale²`, in
-    /// float64): the segment is done.
+    /// Fold the lanes into `acc` ([`fold_lanes`]), back in the tensor's units (× `scale²`,
+    /// in float64): the segment is done.
     #[inline(always)]
     pub fn finish(self, acc: &mut StatsAcc, scale: f32) {
-        let (mut sq_err, mut sq, mut max_abs) = (0f64, 0f64, 0f32);
-        for k in 0..STAT_LANES {
-            sq_err += self.sq_err[k];
-            sq += self.sq[k];
-            max_abs = if self.max_abs[k] > max_abs { self.max_abs[k] } else { max_abs };
-        }
-        let scale2 = (scale as f64) * (scale as f64);
-        acc.sum_sq_err += sq_err * scale2;
-        acc.sum_sq += sq * scale2;
-        acc.max_abs = acc.max_abs.max(max_abs);
+        let max_abs = self.max_abs.iter().fold(0f32, |m, &x| if x > m { x } else { m });
+        acc.add_segment(fold_lanes(&self.sq_err), fold_lanes(&self.sq), max_abs, scale);
     }
+}
+
+/// A segment's eight float64 lane sums as one: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+/// (l3 + l7))`, the order in which 512-bit registers halve (docs/math.md, statistics).
+#[inline(always)]
+pub fn fold_lanes(lanes: &[f64; STAT_LANES]) -> f64 {
+    let s = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// Running sums behind [`Stats`], combined in a fixed order so results never depend on
@@ -207,6 +208,16 @@ impl StatsAcc {
         self.sum_sq_err += other.sum_sq_err;
         self.sum_sq += other.sum_sq;
         self.max_abs = self.max_abs.max(other.max_abs);
+    }
+
+    /// Account for one finished segment: its folded lane sums (in units of the scale) and
+    /// its largest error.
+    #[inline(always)]
+    pub fn add_segment(&mut self, sq_err: f64, sq: f64, max_abs: f32, scale: f32) {
+        let scale2 = (scale as f64) * (scale as f64);
+        self.sum_sq_err += sq_err * scale2;
+        self.sum_sq += sq * scale2;
+        self.max_abs = self.max_abs.max(max_abs);
     }
 
     /// The statistics of `n` elements.

@@ -362,14 +362,15 @@ impl Avx2 {
         p: crate::quant::math::GroupParams,
         bits: u32,
         out: &mut [u8],
-        lanes: &mut crate::quant::quantized::SegmentLanes,
+        tail: Option<&crate::quant::quantized::BlockSums>,
+        acc: &mut crate::quant::quantized::StatsAcc,
     ) {
         if self.wide {
             // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
-            unsafe { avx512::encode_with_stats(xs, p, bits, out, lanes) }
+            unsafe { avx512::encode_with_stats(xs, p, bits, out, tail, acc) }
         } else {
             // SAFETY: `self` proves the CPU supports AVX2.
-            unsafe { avx2::encode_with_stats(xs, p, bits, out, lanes) }
+            unsafe { avx2::encode_with_stats(xs, p, bits, out, tail, acc) }
         }
     }
 
@@ -393,7 +394,7 @@ pub mod avx2 {
 
     use super::Lane;
     use crate::quant::math::GroupParams;
-    use crate::quant::quantized::{BlockSums, SegmentLanes, STAT_BLOCK, STAT_LANES};
+    use crate::quant::quantized::{BlockSums, SegmentLanes, StatsAcc, STAT_BLOCK, STAT_LANES};
 
     /// `(min, max, all finite)` of `xs`.
     ///
@@ -501,18 +502,31 @@ pub mod avx2 {
         unsafe { encode_impl::<W, false>(xs, p, bits, out, &mut SegmentLanes::default()) }
     }
 
-    /// [`encode`] of whole statistics blocks (`xs.len()` a multiple of `STAT_BLOCK`, from
-    /// the start of a segment) that also adds their error sums to `lanes` (empty so far),
-    /// from the code values it computes anyway: the same sums as [`segment_stats`].
+    /// [`encode`] of a segment's whole statistics blocks (`xs.len()` a multiple of
+    /// `STAT_BLOCK`) that also takes their error sums from the code values it computes
+    /// anyway (the same sums as [`segment_stats`]), adds the segment's last, partial block
+    /// `tail` when there is one, and folds the segment into `acc`.
     ///
     /// # Safety
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn encode_with_stats<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+    pub unsafe fn encode_with_stats<W: Lane>(
+        xs: &[W],
+        p: GroupParams,
+        bits: u32,
+        out: &mut [u8],
+        tail: Option<&BlockSums>,
+        acc: &mut StatsAcc,
+    ) {
         debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
+        let mut lanes = SegmentLanes::default();
         // SAFETY: the caller guarantees AVX2.
-        unsafe { encode_impl::<W, true>(xs, p, bits, out, lanes) }
+        unsafe { encode_impl::<W, true>(xs, p, bits, out, &mut lanes) };
+        if let Some(tail) = tail {
+            lanes.add_block(tail);
+        }
+        lanes.finish(acc, p.scale);
     }
 
     /// [`encode`], and with `STATS` [`encode_with_stats`].
@@ -737,7 +751,7 @@ pub mod avx512 {
 
     use super::{avx2, Lane};
     use crate::quant::math::GroupParams;
-    use crate::quant::quantized::{SegmentLanes, STAT_BLOCK, STAT_LANES};
+    use crate::quant::quantized::{BlockSums, StatsAcc, STAT_BLOCK};
 
     /// [`avx2::min_max`] on 512-bit vectors: `(min, max, all finite)` of `xs`.
     ///
@@ -773,7 +787,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn encode<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8]) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
-        unsafe { encode_bits::<W, false>(xs, p, bits, out, &mut SegmentLanes::default()) }
+        unsafe { encode_bits::<W, false>(xs, p, bits, out, None, &mut StatsAcc::default()) }
     }
 
     /// [`avx2::encode_with_stats`] on 512-bit vectors.
@@ -782,10 +796,17 @@ pub mod avx512 {
     /// The CPU supports AVX-512 F, BW and VL (and so AVX2 and F16C).
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
-    pub unsafe fn encode_with_stats<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+    pub unsafe fn encode_with_stats<W: Lane>(
+        xs: &[W],
+        p: GroupParams,
+        bits: u32,
+        out: &mut [u8],
+        tail: Option<&BlockSums>,
+        acc: &mut StatsAcc,
+    ) {
         debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
-        unsafe { encode_bits::<W, true>(xs, p, bits, out, lanes) }
+        unsafe { encode_bits::<W, true>(xs, p, bits, out, tail, acc) }
     }
 
     /// The 256-bit halves of `v`, low first.
@@ -801,13 +822,20 @@ pub mod avx512 {
     /// # Safety
     /// The CPU supports AVX-512 F, BW and VL.
     #[inline(always)]
-    unsafe fn encode_bits<W: Lane, const STATS: bool>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+    unsafe fn encode_bits<W: Lane, const STATS: bool>(
+        xs: &[W],
+        p: GroupParams,
+        bits: u32,
+        out: &mut [u8],
+        tail: Option<&BlockSums>,
+        acc: &mut StatsAcc,
+    ) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
         unsafe {
             match bits {
-                4 => encode_impl::<W, STATS, 4>(xs, p, out, lanes),
-                2 => encode_impl::<W, STATS, 2>(xs, p, out, lanes),
-                _ => encode_impl::<W, STATS, 8>(xs, p, out, lanes),
+                4 => encode_impl::<W, STATS, 4>(xs, p, out, tail, acc),
+                2 => encode_impl::<W, STATS, 2>(xs, p, out, tail, acc),
+                _ => encode_impl::<W, STATS, 8>(xs, p, out, tail, acc),
             }
         }
     }
@@ -819,7 +847,13 @@ pub mod avx512 {
     /// The CPU supports AVX-512 F, BW and VL.
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
-    unsafe fn encode_impl<W: Lane, const STATS: bool, const BITS: u32>(xs: &[W], p: GroupParams, out: &mut [u8], lanes: &mut SegmentLanes) {
+    unsafe fn encode_impl<W: Lane, const STATS: bool, const BITS: u32>(
+        xs: &[W],
+        p: GroupParams,
+        out: &mut [u8],
+        tail: Option<&BlockSums>,
+        acc: &mut StatsAcc,
+    ) {
         const STEP: usize = 64;
         const { assert!(STEP == STAT_BLOCK) };
         let out_step = STEP * BITS as usize / 8;
@@ -848,8 +882,9 @@ pub mod avx512 {
             }
             let d = _mm512_roundscale_ps::<NEAREST>(c);
             {
-                // As `BlockSums::lane`: elements k and k + 8 of the vector are lane k.
-                let e = _mm512_abs_ps(_mm512_sub_ps(y, d));
+                // As `BlockSums::lane`: elements k and k + 8 of the vector are lane k. The
+                // square of `y − d` is that of its absolute value, bit for bit.
+                let e = _mm512_sub_ps(y, d);
                 let (e_lo, e_hi) = halves(_mm512_mul_ps(e, e));
                 let (y_lo, y_hi) = halves(_mm512_mul_ps(y, y));
                 sums[0] = _mm256_add_ps(_mm256_add_ps(sums[0], e_lo), e_hi);
@@ -863,8 +898,8 @@ pub mod avx512 {
         let nibble_pairs = _mm512_set1_epi16(0x1001);
         let crumb_pairs = _mm512_set1_epi16(0x0401);
         let crumb_quads = _mm512_set1_epi32(0x0010_0001);
-        let (mut err_lo, mut err_hi, mut sq_lo, mut sq_hi) =
-            (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+        // The segment's float64 lane sums (`SegmentLanes`), lanes 0-7.
+        let (mut err_lanes, mut sq_lanes) = (_mm512_setzero_pd(), _mm512_setzero_pd());
         let mut max_all = _mm512_setzero_ps();
         let mut steps = xs.chunks_exact(STEP);
         let mut outs = out.chunks_exact_mut(out_step);
@@ -902,27 +937,38 @@ pub mod avx512 {
             if STATS {
                 // A step is a statistics block: it ends here, as in the AVX2 kernel.
                 let [sq_err, sq] = block_sums;
-                err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
-                err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
-                sq_lo = _mm256_add_pd(sq_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
-                sq_hi = _mm256_add_pd(sq_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+                err_lanes = _mm512_add_pd(err_lanes, _mm512_cvtps_pd(sq_err));
+                sq_lanes = _mm512_add_pd(sq_lanes, _mm512_cvtps_pd(sq));
                 max_all = _mm512_max_ps(block_max, max_all);
                 block_sums = [_mm256_setzero_ps(); 2];
                 block_max = _mm512_setzero_ps();
             }
         }
         if STATS {
-            let (mut err, mut squares, mut max) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
-            let (max_lo, max_hi) = halves(max_all);
-            // SAFETY: the arrays hold 8 values each; the stores are unaligned.
-            unsafe {
-                _mm256_storeu_pd(err.as_mut_ptr(), err_lo);
-                _mm256_storeu_pd(err.as_mut_ptr().add(4), err_hi);
-                _mm256_storeu_pd(squares.as_mut_ptr(), sq_lo);
-                _mm256_storeu_pd(squares.as_mut_ptr().add(4), sq_hi);
-                _mm256_storeu_ps(max.as_mut_ptr(), _mm256_max_ps(max_lo, max_hi));
+            if let Some(tail) = tail {
+                // SAFETY: each array holds 8 floats; the loads are unaligned.
+                let (sq_err, sq, max) = unsafe {
+                    (_mm256_loadu_ps(tail.sq_err.as_ptr()), _mm256_loadu_ps(tail.sq.as_ptr()), _mm256_loadu_ps(tail.max_abs.as_ptr()))
+                };
+                err_lanes = _mm512_add_pd(err_lanes, _mm512_cvtps_pd(sq_err));
+                sq_lanes = _mm512_add_pd(sq_lanes, _mm512_cvtps_pd(sq));
+                max_all = _mm512_max_ps(_mm512_zextps256_ps512(max), max_all);
             }
-            lanes.add_sums(&err, &squares, &max);
+            // `fold_lanes` of both sums at once, in registers: lanes k + (k + 4) for
+            // k < 4, then the pairs (0, 2) and (1, 3), then the two halves.
+            let lows = _mm512_shuffle_f64x2::<0b01_00_01_00>(err_lanes, sq_lanes);
+            let highs = _mm512_shuffle_f64x2::<0b11_10_11_10>(err_lanes, sq_lanes);
+            let quads = _mm512_add_pd(lows, highs); // err s0..s3, sq s0..s3
+            let evens = _mm512_castpd512_pd256(_mm512_shuffle_f64x2::<0b00_00_10_00>(quads, quads));
+            let odds = _mm512_castpd512_pd256(_mm512_shuffle_f64x2::<0b00_00_11_01>(quads, quads));
+            let pairs = _mm256_add_pd(evens, odds); // err s0+s2, s1+s3, sq s0+s2, s1+s3
+            let totals = _mm256_add_pd(pairs, _mm256_permute_pd::<0b0101>(pairs));
+            acc.add_segment(
+                _mm256_cvtsd_f64(totals),
+                _mm_cvtsd_f64(_mm256_extractf128_pd::<1>(totals)),
+                _mm512_reduce_max_ps(max_all),
+                p.scale,
+            );
         } else if !steps.remainder().is_empty() {
             // SAFETY: the caller guarantees AVX-512, hence AVX2; the remainder is 32 elements.
             unsafe { avx2::encode(steps.remainder(), p, BITS, outs.into_remainder()) };
