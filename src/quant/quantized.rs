@@ -143,24 +143,13 @@ impl SegmentLanes {
         self.add_block(&block);
     }
 
-    /// Add one block's float32 lane sums (the AVX2 kernel computes them in registers).
+    /// Add one block's float32 lane sums.
     #[inline(always)]
     pub fn add_block(&mut self, block: &BlockSums) {
         for k in 0..STAT_LANES {
             self.sq_err[k] += block.sq_err[k] as f64;
             self.sq[k] += block.sq[k] as f64;
             self.max_abs[k] = if block.max_abs[k] > self.max_abs[k] { block.max_abs[k] } else { self.max_abs[k] };
-        }
-    }
-
-    /// Add whole blocks' float64 lane sums and lane maxima, computed elsewhere in the
-    /// same order (the AVX2 encode keeps them in registers).
-    #[inline(always)]
-    pub fn add_sums(&mut self, sq_err: &[f64; STAT_LANES], sq: &[f64; STAT_LANES], max_abs: &[f32; STAT_LANES]) {
-        for k in 0..STAT_LANES {
-            self.sq_err[k] += sq_err[k];
-            self.sq[k] += sq[k];
-            self.max_abs[k] = if max_abs[k] > self.max_abs[k] { max_abs[k] } else { self.max_abs[k] };
         }
     }
 

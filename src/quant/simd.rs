@@ -394,7 +394,7 @@ pub mod avx2 {
 
     use super::Lane;
     use crate::quant::math::GroupParams;
-    use crate::quant::quantized::{BlockSums, SegmentLanes, StatsAcc, STAT_BLOCK, STAT_LANES};
+    use crate::quant::quantized::{BlockSums, SegmentLanes, StatsAcc, STAT_BLOCK};
 
     /// `(min, max, all finite)` of `xs`.
     ///
@@ -499,7 +499,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn encode<W: Lane>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8]) {
         // SAFETY: the caller guarantees AVX2.
-        unsafe { encode_impl::<W, false>(xs, p, bits, out, &mut SegmentLanes::default()) }
+        unsafe { encode_impl::<W, false>(xs, p, bits, out, None, &mut StatsAcc::default()) }
     }
 
     /// [`encode`] of a segment's whole statistics blocks (`xs.len()` a multiple of
@@ -520,13 +520,8 @@ pub mod avx2 {
         acc: &mut StatsAcc,
     ) {
         debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
-        let mut lanes = SegmentLanes::default();
         // SAFETY: the caller guarantees AVX2.
-        unsafe { encode_impl::<W, true>(xs, p, bits, out, &mut lanes) };
-        if let Some(tail) = tail {
-            lanes.add_block(tail);
-        }
-        lanes.finish(acc, p.scale);
+        unsafe { encode_impl::<W, true>(xs, p, bits, out, tail, acc) }
     }
 
     /// [`encode`], and with `STATS` [`encode_with_stats`].
@@ -535,7 +530,14 @@ pub mod avx2 {
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn encode_impl<W: Lane, const STATS: bool>(xs: &[W], p: GroupParams, bits: u32, out: &mut [u8], lanes: &mut SegmentLanes) {
+    unsafe fn encode_impl<W: Lane, const STATS: bool>(
+        xs: &[W],
+        p: GroupParams,
+        bits: u32,
+        out: &mut [u8],
+        tail: Option<&BlockSums>,
+        acc: &mut StatsAcc,
+    ) {
         let out_block = 32 * bits as usize / 8;
         debug_assert!(xs.len().is_multiple_of(32) && out.len() == xs.len() / 32 * out_block);
         let inv = _mm256_set1_ps(p.inv);
@@ -557,8 +559,9 @@ pub mod avx2 {
             // Round half to even, as `rint_small` (never the MXCSR mode).
             let d = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(y, below), above));
             if STATS {
-                // As `BlockSums::lane`, from this y = x·inv and d = q − zp.
-                let e = _mm256_and_ps(_mm256_sub_ps(y, d), abs_mask);
+                // As `BlockSums::lane`, from this y = x·inv and d = q − zp (the square of
+                // `y − d` is that of its absolute value, bit for bit).
+                let e = _mm256_sub_ps(y, d);
                 sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(e, e));
                 sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
                 let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
@@ -629,16 +632,28 @@ pub mod avx2 {
             }
         }
         if STATS {
-            let (mut err, mut squares, mut max) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
-            // SAFETY: the arrays hold 8 values each; the stores are unaligned.
-            unsafe {
-                _mm256_storeu_pd(err.as_mut_ptr(), err_lo);
-                _mm256_storeu_pd(err.as_mut_ptr().add(4), err_hi);
-                _mm256_storeu_pd(squares.as_mut_ptr(), sq_lo);
-                _mm256_storeu_pd(squares.as_mut_ptr().add(4), sq_hi);
-                _mm256_storeu_ps(max.as_mut_ptr(), max_all);
+            if let Some(tail) = tail {
+                // SAFETY: each array holds 8 floats; the loads are unaligned.
+                let (sq_err, sq, max) = unsafe {
+                    (_mm256_loadu_ps(tail.sq_err.as_ptr()), _mm256_loadu_ps(tail.sq.as_ptr()), _mm256_loadu_ps(tail.max_abs.as_ptr()))
+                };
+                err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
+                err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
+                sq_lo = _mm256_add_pd(sq_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+                sq_hi = _mm256_add_pd(sq_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq)));
+                max_all = _mm256_max_ps(max, max_all);
             }
-            lanes.add_sums(&err, &squares, &max);
+            // `fold_lanes` in registers: lanes k + (k + 4), then the pairs (0, 2) and
+            // (1, 3), then the two halves.
+            let fold = |lo: __m256d, hi: __m256d| {
+                let quad = _mm256_add_pd(lo, hi);
+                let pair = _mm_add_pd(_mm256_castpd256_pd128(quad), _mm256_extractf128_pd::<1>(quad));
+                _mm_cvtsd_f64(_mm_add_pd(pair, _mm_unpackhi_pd(pair, pair)))
+            };
+            let max = _mm_max_ps(_mm256_castps256_ps128(max_all), _mm256_extractf128_ps::<1>(max_all));
+            let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+            let max = _mm_max_ss(max, _mm_movehdup_ps(max));
+            acc.add_segment(fold(err_lo, err_hi), fold(sq_lo, sq_hi), _mm_cvtss_f32(max), p.scale);
         }
     }
 
