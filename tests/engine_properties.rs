@@ -330,6 +330,40 @@ fn transposed_weights_of_every_shape_and_dtype_match_the_reference() {
     }
 }
 
+/// Rows of many groups whose length is a multiple of 64 are encoded a batch per kernel
+/// call (`encode_groups`): every width, packing, scale dtype and input dtype, a row end
+/// that leaves a short batch and a narrower last group, with and without statistics, give
+/// the reference's bytes and the same statistics bits on every kernel build.
+#[test]
+fn batches_of_groups_match_the_reference_with_and_without_stats() {
+    let (rows, cols) = (5usize, 64 * 21 + 40);
+    let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+    let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+    let brains: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+    for data in [ElemSlice::F32(&values), ElemSlice::F16(&halves), ElemSlice::BF16(&brains)] {
+        let view = TensorView::contiguous(data, vec![rows, cols]).unwrap();
+        for (bits, symmetric, pack, group, scale_dtype) in [
+            (4, false, true, 64, ScaleDType::F32),
+            (4, true, true, 128, ScaleDType::F16),
+            (2, false, true, 192, ScaleDType::F32),
+            (8, true, false, 64, ScaleDType::BF16),
+            (8, false, true, 128, ScaleDType::F32),
+        ] {
+            for stats in [false, true] {
+                let spec = QuantSpec { bits, symmetric, pack, granularity: Granularity::Group(group), scale_dtype, stats };
+                let reference = quantize_reference(&view, &spec).unwrap();
+                for kernel in Kernel::supported() {
+                    let q = Engine::new(kernel, &Fresh).quantize(&view, &spec).unwrap();
+                    assert_eq!(q.codes, reference.codes, "{} {spec:?} codes", kernel.name());
+                    assert_eq!(q.scales, reference.scales, "{} {spec:?} scales", kernel.name());
+                    assert_eq!(q.zero_points, reference.zero_points, "{} {spec:?} zero points", kernel.name());
+                    assert_eq!(q.stats, reference.stats, "{} {spec:?} statistics", kernel.name());
+                }
+            }
+        }
+    }
+}
+
 /// bfloat16 groups find their extremes on 16-bit keys: every non-finite kind, in every
 /// lane position, is still reported at its flat index.
 #[test]

@@ -448,8 +448,21 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             let batched = batch_groups >= 2
                 && match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
                     Some(run) if self.batch_params(run, lay.group_len, batch_groups, &mut batch) => {
-                        for (p, xs) in batch.iter().zip(run.chunks_exact(lay.group_len)).take(batch_groups) {
-                            self.encode_group::<T, STATS>(xs, *p, &mut writer, &mut acc);
+                        let params = &batch[..batch_groups];
+                        match self.cpu {
+                            // The whole batch in one kernel call (its set-up paid once).
+                            #[cfg(target_arch = "x86_64")]
+                            Some(cpu) if writer.byte_aligned() && lay.group_len.is_multiple_of(BLOCK) => {
+                                let (bits, bytes) = (writer.bits(), run.len() / writer.codes_per_byte());
+                                cpu.encode_groups(run, lay.group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(&mut acc));
+                            }
+                            _ => {
+                                for (p, xs) in params.iter().zip(run.chunks_exact(lay.group_len)) {
+                                    self.encode_group::<T, STATS>(xs, *p, &mut writer, &mut acc);
+                                }
+                            }
+                        }
+                        for p in params {
                             out.set_params(group, p);
                             group += 1;
                         }

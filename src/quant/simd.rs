@@ -354,6 +354,35 @@ impl Avx2 {
         out.copy_from_slice(&all[..out.len()]);
     }
 
+    /// Consecutive groups of `group_len` elements (a multiple of 64), one per entry of
+    /// `params`, encoded one after another into `out`; with `acc`, their statistics too
+    /// (each group a segment). One call for a batch of groups: on 512-bit vectors the
+    /// kernel's constants are set up once, not per group; else group by group.
+    #[inline(always)]
+    pub fn encode_groups<W: Lane>(
+        self,
+        xs: &[W],
+        group_len: usize,
+        params: &[crate::quant::math::GroupParams],
+        bits: u32,
+        out: &mut [u8],
+        acc: Option<&mut crate::quant::quantized::StatsAcc>,
+    ) {
+        assert!(group_len.is_multiple_of(64) && xs.len() == params.len() * group_len);
+        assert!(out.len() == xs.len() * bits as usize / 8);
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL; the
+            // lengths are checked above.
+            return unsafe { avx512::encode_groups(xs, group_len, params, bits, out, acc) };
+        }
+        let out_len = group_len * bits as usize / 8;
+        let groups = xs.chunks_exact(group_len).zip(params).zip(out.chunks_exact_mut(out_len));
+        match acc {
+            Some(acc) => groups.for_each(|((xs, p), out)| self.encode_with_stats(xs, *p, bits, out, None, acc)),
+            None => groups.for_each(|((xs, p), out)| self.encode(xs, *p, bits, out)),
+        }
+    }
+
     /// [`avx2::encode_with_stats`], or [`avx512::encode_with_stats`] when wide.
     #[inline(always)]
     pub fn encode_with_stats<W: Lane>(
@@ -822,6 +851,55 @@ pub mod avx512 {
         debug_assert!(xs.len().is_multiple_of(STAT_BLOCK));
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
         unsafe { encode_bits::<W, true>(xs, p, bits, out, tail, acc) }
+    }
+
+    /// [`Avx2::encode_groups`] on 512-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL; `group_len` is a multiple of 64, `xs` holds
+    /// `params.len()` groups and `out` their codes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn encode_groups<W: Lane>(
+        xs: &[W],
+        group_len: usize,
+        params: &[GroupParams],
+        bits: u32,
+        out: &mut [u8],
+        acc: Option<&mut StatsAcc>,
+    ) {
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL and the lengths (every arm).
+        unsafe {
+            match (bits, acc) {
+                (4, None) => encode_groups_bits::<W, false, 4>(xs, group_len, params, out, &mut StatsAcc::default()),
+                (2, None) => encode_groups_bits::<W, false, 2>(xs, group_len, params, out, &mut StatsAcc::default()),
+                (_, None) => encode_groups_bits::<W, false, 8>(xs, group_len, params, out, &mut StatsAcc::default()),
+                (4, Some(acc)) => encode_groups_bits::<W, true, 4>(xs, group_len, params, out, acc),
+                (2, Some(acc)) => encode_groups_bits::<W, true, 2>(xs, group_len, params, out, acc),
+                (_, Some(acc)) => encode_groups_bits::<W, true, 8>(xs, group_len, params, out, acc),
+            }
+        }
+    }
+
+    /// [`encode_groups`] for `bits` and `STATS` known at compile time: [`encode_impl`]
+    /// inlined into one loop over the groups.
+    ///
+    /// # Safety
+    /// As [`encode_groups`].
+    #[inline(always)]
+    unsafe fn encode_groups_bits<W: Lane, const STATS: bool, const BITS: u32>(
+        xs: &[W],
+        group_len: usize,
+        params: &[GroupParams],
+        out: &mut [u8],
+        acc: &mut StatsAcc,
+    ) {
+        let out_len = group_len * BITS as usize / 8;
+        for ((xs, p), out) in xs.chunks_exact(group_len).zip(params).zip(out.chunks_exact_mut(out_len)) {
+            // SAFETY: the caller guarantees AVX-512 F, BW and VL; `xs` is a whole number
+            // of 64-element steps and `out` holds their codes.
+            unsafe { encode_impl::<W, STATS, BITS>(xs, *p, out, None, acc) };
+        }
     }
 
     /// The 256-bit halves of `v`, low first.
