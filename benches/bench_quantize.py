@@ -198,7 +198,11 @@ def main():
     q = qb.quantize(x)
 
     def pool_off():
-        previous = qb.configure_buffer_pool(max_bytes=0)["max_bytes"]
+        # configure_buffer_pool returns the settings in force after the call: read the
+        # current cap first (taking it from the call that sets 0 left the pool off for
+        # every later row, the read-limit rows included).
+        previous = qb.configure_buffer_pool()["max_bytes"]
+        qb.configure_buffer_pool(max_bytes=0)
         try:
             qb.quantize(x)
         finally:
