@@ -297,6 +297,19 @@ fn a_bad_group_inside_a_batch_is_the_one_reported() {
     }
 }
 
+/// Every kernel build this CPU runs gives the reference's codes, scales, zero points and
+/// (for a single-chunk tensor, whose sums run in one order) statistics bits.
+fn assert_every_build_matches_the_reference(view: &TensorView<'_>, spec: &QuantSpec) {
+    let reference = quantize_reference(view, spec).unwrap();
+    for kernel in Kernel::supported() {
+        let q = Engine::new(kernel, &Fresh).quantize(view, spec).unwrap();
+        assert_eq!(q.codes, reference.codes, "{} {spec:?} codes", kernel.name());
+        assert_eq!(q.scales, reference.scales, "{} {spec:?} scales", kernel.name());
+        assert_eq!(q.zero_points, reference.zero_points, "{} {spec:?} zero points", kernel.name());
+        assert_eq!(q.stats, reference.stats, "{} {spec:?} statistics", kernel.name());
+    }
+}
+
 /// A transposed weight (gathered in blocks, its groups found 16 at a time) with a row
 /// count that is not a multiple of 16, a narrower last group, every width, packing and
 /// scale dtype, and half-precision inputs, gives the reference's bytes on every kernel
@@ -319,13 +332,7 @@ fn transposed_weights_of_every_shape_and_dtype_match_the_reference() {
             (4, true, false, 32, ScaleDType::F32),
         ] {
             let spec = QuantSpec { bits, symmetric, pack, granularity: Granularity::Group(group), scale_dtype, stats: false };
-            let reference = quantize_reference(&view, &spec).unwrap();
-            for kernel in Kernel::supported() {
-                let q = Engine::new(kernel, &Fresh).quantize(&view, &spec).unwrap();
-                assert_eq!(q.codes, reference.codes, "{} {spec:?} codes", kernel.name());
-                assert_eq!(q.scales, reference.scales, "{} {spec:?} scales", kernel.name());
-                assert_eq!(q.zero_points, reference.zero_points, "{} {spec:?} zero points", kernel.name());
-            }
+            assert_every_build_matches_the_reference(&view, &spec);
         }
     }
 }
@@ -351,14 +358,7 @@ fn batches_of_groups_match_the_reference_with_and_without_stats() {
         ] {
             for stats in [false, true] {
                 let spec = QuantSpec { bits, symmetric, pack, granularity: Granularity::Group(group), scale_dtype, stats };
-                let reference = quantize_reference(&view, &spec).unwrap();
-                for kernel in Kernel::supported() {
-                    let q = Engine::new(kernel, &Fresh).quantize(&view, &spec).unwrap();
-                    assert_eq!(q.codes, reference.codes, "{} {spec:?} codes", kernel.name());
-                    assert_eq!(q.scales, reference.scales, "{} {spec:?} scales", kernel.name());
-                    assert_eq!(q.zero_points, reference.zero_points, "{} {spec:?} zero points", kernel.name());
-                    assert_eq!(q.stats, reference.stats, "{} {spec:?} statistics", kernel.name());
-                }
+                assert_every_build_matches_the_reference(&view, &spec);
             }
         }
     }
