@@ -15,20 +15,36 @@ fn take(data: &mut &[u8]) -> u8 {
 fuzz_target!(|input: &[u8]| {
     let mut data = input;
     let ndim = 1 + (take(&mut data) % 3) as usize;
-    let shape: Vec<usize> = (0..ndim).map(|_| (take(&mut data) % 40) as usize).collect();
-    let strides: Vec<isize> = (0..ndim).map(|_| take(&mut data) as i8 as isize % 50).collect();
+    let mut shape: Vec<usize> = (0..ndim).map(|_| (take(&mut data) % 40) as usize).collect();
+    let mut strides: Vec<isize> = (0..ndim).map(|_| take(&mut data) as i8 as isize % 50).collect();
     let origin = take(&mut data) as usize * 4;
     let bits = [2u8, 4, 8][(take(&mut data) % 3) as usize];
     let flags = take(&mut data);
-    let granularity = match take(&mut data) % 4 {
+    let granularity = match take(&mut data) % 5 {
         0 => Granularity::Tensor,
         1 => Granularity::Channel,
         2 => Granularity::Group(128),
+        3 => Granularity::Group(64),
         _ => Granularity::Group(1 + (take(&mut data) % 70) as usize),
     };
+    // Wide rows, row-major: rows of many groups, which the engine finds 16 at a time and
+    // encodes a batch per kernel call (the input's floats repeat to fill the buffer).
+    let wide = flags & 8 != 0;
+    if wide {
+        *shape.last_mut().unwrap() *= 16;
+        let mut step = 1isize;
+        for (stride, &dim) in strides.iter_mut().zip(&shape).rev() {
+            *stride = step;
+            step *= dim.max(1) as isize;
+        }
+    }
     let scale_dtype = [ScaleDType::F32, ScaleDType::F16, ScaleDType::BF16][(take(&mut data) % 3) as usize];
     let spec = QuantSpec { bits, symmetric: flags & 1 != 0, granularity, scale_dtype, pack: flags & 2 != 0, stats: flags & 4 != 0 };
-    let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let mut values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if wide && !values.is_empty() {
+        let needed = origin + shape.iter().product::<usize>();
+        values = values.iter().copied().cycle().take(needed.max(values.len())).collect();
+    }
     let Ok(view) = TensorView::new(ElemSlice::F32(&values), origin, shape, strides) else { return };
     let reference = quantize_reference(&view, &spec);
     let kernels = Kernel::supported();
