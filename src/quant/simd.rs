@@ -553,6 +553,14 @@ pub mod avx2 {
         unsafe { encode_impl::<W, true>(xs, p, bits, out, tail, acc) }
     }
 
+    /// A block's float32 lane sums and maxima (`sq_err`, `sq`, `max_abs`), one register each.
+    #[inline(always)]
+    pub(super) fn block_lanes(block: &BlockSums) -> [__m256; 3] {
+        // SAFETY: each array holds 8 floats, read with unaligned loads (AVX, which every
+        // caller has enabled).
+        unsafe { [_mm256_loadu_ps(block.sq_err.as_ptr()), _mm256_loadu_ps(block.sq.as_ptr()), _mm256_loadu_ps(block.max_abs.as_ptr())] }
+    }
+
     /// [`encode`], and with `STATS` [`encode_with_stats`].
     ///
     /// # Safety
@@ -662,10 +670,7 @@ pub mod avx2 {
         }
         if STATS {
             if let Some(tail) = tail {
-                // SAFETY: each array holds 8 floats; the loads are unaligned.
-                let (sq_err, sq, max) = unsafe {
-                    (_mm256_loadu_ps(tail.sq_err.as_ptr()), _mm256_loadu_ps(tail.sq.as_ptr()), _mm256_loadu_ps(tail.max_abs.as_ptr()))
-                };
+                let [sq_err, sq, max] = block_lanes(tail);
                 err_lo = _mm256_add_pd(err_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq_err)));
                 err_hi = _mm256_add_pd(err_hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(sq_err)));
                 sq_lo = _mm256_add_pd(sq_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
@@ -1039,10 +1044,7 @@ pub mod avx512 {
         }
         if STATS {
             if let Some(tail) = tail {
-                // SAFETY: each array holds 8 floats; the loads are unaligned.
-                let (sq_err, sq, max) = unsafe {
-                    (_mm256_loadu_ps(tail.sq_err.as_ptr()), _mm256_loadu_ps(tail.sq.as_ptr()), _mm256_loadu_ps(tail.max_abs.as_ptr()))
-                };
+                let [sq_err, sq, max] = avx2::block_lanes(tail);
                 err_lanes = _mm512_add_pd(err_lanes, _mm512_cvtps_pd(sq_err));
                 sq_lanes = _mm512_add_pd(sq_lanes, _mm512_cvtps_pd(sq));
                 max_all = _mm512_max_ps(_mm512_zextps256_ps512(max), max_all);
