@@ -354,30 +354,59 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// block is gathered (transposed) into a buffer that stays in L2 and its groups
     /// quantized from there, writing codes, scales and zero points at their own positions.
     /// Reading 512 rows of a transposed weight's column at a time uses 2 KiB of contiguous
-    /// memory per page visited. Stops at the first error it meets, which may not be the
-    /// first in flat order.
+    /// memory per page visited. While a block's groups are encoded, the next block's cache
+    /// lines are requested a slice at a time, so memory works while the core computes (the
+    /// gather alone waits on memory and the encode alone on the core). Stops at the first
+    /// error it meets, which may not be the first in flat order.
     #[inline(always)]
     fn run_column_blocks(&self, e0: usize, e1: usize, out: &mut ChunkOut<'_>) -> Result<StatsAcc> {
         let lay = self.layout;
         let bits = self.writer_bits();
         let (r0, r1) = (e0 / lay.cols, e1 / lay.cols);
         let first_group = lay.group_of(e0);
+        let group_cols = |j: usize| j * lay.group_len..((j + 1) * lay.group_len).min(lay.cols);
+        // The same rows for every group of a block: their starts are found once.
+        let block_starts = |rb: usize| if rb < r1 { self.data.row_starts(rb..rb + BLOCK_ROWS.min(r1 - rb)) } else { Vec::new() };
         let mut acc = StatsAcc::default();
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
+        let mut staged = [0u8; BATCH_GROUPS * MAX_BLOCK_COLS];
         let mut result = Ok(());
+        let mut starts = block_starts(r0);
         'blocks: for rb in (r0..r1).step_by(BLOCK_ROWS) {
-            // The same rows for every group of the block: their starts are found once.
-            let starts = self.data.row_starts(rb..rb + BLOCK_ROWS.min(r1 - rb));
+            let next_starts = block_starts(rb + BLOCK_ROWS);
             for j in 0..lay.groups_per_row {
-                let c0 = j * lay.group_len;
-                let width = lay.group_len.min(lay.cols - c0);
-                self.data.gather(&starts, c0..c0 + width, &mut block, self.cpu);
+                let cols = group_cols(j);
+                let (c0, width) = (cols.start, cols.len());
+                self.data.gather(&starts, cols, &mut block, self.cpu);
+                let (next_rows, next_cols) =
+                    if j + 1 < lay.groups_per_row { (&starts, group_cols(j + 1)) } else { (&next_starts, group_cols(0)) };
+                let prefetch_step = next_cols.len().div_ceil(block.len().div_ceil(width * BATCH_GROUPS));
                 // The gathered groups lie one after another: found 16 at a time, as in
                 // `run_rows`, else (a bad group among them) one at a time.
                 for (n, rows) in block.chunks(width * BATCH_GROUPS).enumerate() {
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some(cpu) = self.cpu {
+                        let from = (next_cols.start + n * prefetch_step).min(next_cols.end);
+                        self.data.prefetch_gather(next_rows, from..(from + prefetch_step).min(next_cols.end), cpu);
+                    }
                     let count = rows.len() / width;
                     let batched = self.batch_params(rows, width, count, &mut batch);
+                    // The whole batch in one kernel call, its codes staged: each group's
+                    // bytes go to a different row of the output.
+                    #[cfg(target_arch = "x86_64")]
+                    if let (true, Some(cpu), true) = (batched, self.cpu, width.is_multiple_of(BLOCK)) {
+                        let group_bytes = width * bits / 8;
+                        let codes = &mut staged[..count * group_bytes];
+                        cpu.encode_groups(rows, width, &batch[..count], bits as u32, codes, None);
+                        for (k, bytes) in codes.chunks_exact(group_bytes).enumerate() {
+                            let i = n * BATCH_GROUPS + k;
+                            let at = ((rb + i) * lay.cols + c0 - e0) * bits / 8;
+                            out.codes[at..at + group_bytes].copy_from_slice(bytes);
+                            out.set_params((rb + i) * lay.groups_per_row + j - first_group, &batch[k]);
+                        }
+                        continue;
+                    }
                     for (k, xs) in rows.chunks_exact(width).enumerate() {
                         let i = n * BATCH_GROUPS + k;
                         let e = (rb + i) * lay.cols + c0;
@@ -400,6 +429,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     }
                 }
             }
+            starts = next_starts;
         }
         TILE.with(|t| *t.borrow_mut() = block);
         result.map(|()| acc)
@@ -424,9 +454,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         // the per-group path would encode from (half precision is widened first below for
         // statistics and for the portable kernel).
         let batching = self.fixed.is_none()
-            && !strided
             && lay.group_len < lay.cols
-            && (T::DTYPE == DType::F32 || (!STATS && vector_kernels));
+            && (strided || T::DTYPE == DType::F32 || (!STATS && vector_kernels));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut group = 0;
         let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
@@ -446,30 +475,21 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             let batch_groups =
                 if batching { ((lay.cols - col).min(e1 - e) / lay.group_len).min(BATCH_GROUPS) } else { 0 };
             let batched = batch_groups >= 2
-                && match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
-                    Some(run) if self.batch_params(run, lay.group_len, batch_groups, &mut batch) => {
-                        let params = &batch[..batch_groups];
-                        match self.cpu {
-                            // The whole batch in one kernel call (its set-up paid once).
-                            #[cfg(target_arch = "x86_64")]
-                            Some(cpu) if writer.byte_aligned() && lay.group_len.is_multiple_of(BLOCK) => {
-                                let (bits, bytes) = (writer.bits(), run.len() / writer.codes_per_byte());
-                                cpu.encode_groups(run, lay.group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(&mut acc));
-                            }
-                            _ => {
-                                for (p, xs) in params.iter().zip(run.chunks_exact(lay.group_len)) {
-                                    self.encode_group::<T, STATS>(xs, *p, &mut writer, &mut acc);
-                                }
-                            }
-                        }
-                        for p in params {
-                            out.set_params(group, p);
-                            group += 1;
-                        }
-                        true
+                && if tile_rows.contains(&row) {
+                    let at = (row - tile_rows.start) * lay.cols + col;
+                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], batch_groups, &mut batch, &mut writer, &mut acc)
+                } else {
+                    match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
+                        Some(run) => self.encode_batch::<T, STATS>(run, batch_groups, &mut batch, &mut writer, &mut acc),
+                        None => false,
                     }
-                    _ => false,
                 };
+            if batched {
+                for p in &batch[..batch_groups] {
+                    out.set_params(group, p);
+                    group += 1;
+                }
+            }
             let len = if batched {
                 batch_groups * lay.group_len
             } else {
@@ -515,6 +535,39 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             TILE.with(|t| *t.borrow_mut() = tile);
         }
         Ok(acc)
+    }
+
+    /// Encode the `count` whole groups of `run` (consecutive, `group_len` each) as one
+    /// batch: their parameters first (into `batch`), then their codes. `false` (nothing
+    /// written) when a group is not finite or has no representable scale.
+    #[inline(always)]
+    fn encode_batch<S: Element, const STATS: bool>(
+        &self,
+        run: &[S],
+        count: usize,
+        batch: &mut [GroupParams; BATCH_GROUPS],
+        writer: &mut CodeWriter<'_>,
+        acc: &mut StatsAcc,
+    ) -> bool {
+        let group_len = self.layout.group_len;
+        if !self.batch_params(run, group_len, count, batch) {
+            return false;
+        }
+        let params = &batch[..count];
+        match self.cpu {
+            // The whole batch in one kernel call (its set-up paid once).
+            #[cfg(target_arch = "x86_64")]
+            Some(cpu) if writer.byte_aligned() && group_len.is_multiple_of(BLOCK) => {
+                let (bits, bytes) = (writer.bits(), run.len() / writer.codes_per_byte());
+                cpu.encode_groups(run, group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(acc));
+            }
+            _ => {
+                for (p, xs) in params.iter().zip(run.chunks_exact(group_len)) {
+                    self.encode_group::<S, STATS>(xs, *p, writer, acc);
+                }
+            }
+        }
+        true
     }
 
     /// Quantize one group (or, per-tensor, one row segment) starting at flat index `e`.

@@ -403,11 +403,38 @@ impl Avx2 {
         }
     }
 
-    /// [`avx2::transpose_8x8`].
+    /// Ask the CPU to bring the cache line holding `p` into L2 (a hint: it never faults,
+    /// whatever `p` is).
     #[inline(always)]
-    pub fn transpose_8x8(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-        // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::transpose_8x8(src, src_stride, dst, dst_stride) }
+    pub fn prefetch(self, p: *const u8) {
+        // SAFETY: `self` proves SSE (part of AVX2); a prefetch reads nothing the program
+        // sees and does not fault on any address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast()) }
+    }
+
+    /// Side of the square blocks [`Self::transpose`] moves: 16 on 512-bit vectors (a
+    /// whole cache line per row), else 8.
+    #[inline(always)]
+    pub fn transpose_side(self) -> usize {
+        if self.wide {
+            16
+        } else {
+            8
+        }
+    }
+
+    /// Transpose one square block of [`Self::transpose_side`] floats a side:
+    /// `dst[i * dst_stride + j] = src[j * src_stride + i]` ([`avx512::transpose_16x16`] or
+    /// [`avx2::transpose_8x8`]).
+    #[inline(always)]
+    pub fn transpose(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
+            unsafe { avx512::transpose_16x16(src, src_stride, dst, dst_stride) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2.
+            unsafe { avx2::transpose_8x8(src, src_stride, dst, dst_stride) }
+        }
     }
 }
 
@@ -801,6 +828,60 @@ pub mod avx512 {
     use super::{avx2, Lane};
     use crate::quant::math::GroupParams;
     use crate::quant::quantized::{BlockSums, StatsAcc, STAT_BLOCK};
+
+    /// Transpose 16×16 floats: `dst[i * dst_stride + j] = src[j * src_stride + i]` for
+    /// `i, j < 16` (sixteen 16-float loads, four rounds of in-register shuffles, sixteen
+    /// 16-float stores). Copies bits only.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F.
+    ///
+    /// # Panics
+    /// When `src` or `dst` is too short for the sixteen rows it reads or writes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn transpose_16x16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        assert!(src.len() >= 15 * src_stride + 16 && dst.len() >= 15 * dst_stride + 16);
+        let s = src.as_ptr();
+        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 16], in bounds by the assert.
+        let r: [__m512; 16] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(s.add(j * src_stride)) });
+        // Rows 2i and 2i+1 interleaved in 32-bit pairs, then 64-bit pairs of those within
+        // each 128-bit lane: every lane of u[4i + k] holds a 4×4 block's column.
+        let t: [__m512; 16] = std::array::from_fn(|n| {
+            let (a, b) = (r[n & !1], r[n | 1]);
+            if n % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|n| {
+            let (i, k, hi) = (n / 4, (n % 4) / 2, n % 2 == 1);
+            let (a, b) = (_mm512_castps_pd(t[4 * i + k]), _mm512_castps_pd(t[4 * i + 2 + k]));
+            _mm512_castpd_ps(if hi { _mm512_unpackhi_pd(a, b) } else { _mm512_unpacklo_pd(a, b) })
+        });
+        // Then the 128-bit lanes themselves, in two rounds of four-lane shuffles.
+        let v: [__m512; 16] = std::array::from_fn(|n| {
+            let (i, k) = (n / 8, n % 4);
+            let (a, b) = (u[8 * i + k], u[8 * i + 4 + k]);
+            if n % 8 < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        });
+        let d = dst.as_mut_ptr();
+        for k in 0..8 {
+            let low = _mm512_shuffle_f32x4::<0x88>(v[k], v[8 + k]);
+            let high = _mm512_shuffle_f32x4::<0xDD>(v[k], v[8 + k]);
+            // SAFETY: rows k and k+8 write dst[row*dst_stride .. row*dst_stride + 16], in
+            // bounds by the assert.
+            unsafe {
+                _mm512_storeu_ps(d.add(k * dst_stride), low);
+                _mm512_storeu_ps(d.add((k + 8) * dst_stride), high);
+            }
+        }
+    }
 
     /// [`avx2::min_max`] on 512-bit vectors: `(min, max, all finite)` of `xs`.
     ///

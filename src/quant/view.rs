@@ -387,20 +387,21 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         #[cfg(target_arch = "x86_64")]
         if let (true, true, Some(data)) = (adjacent, stride > 0, T::as_f32s(self.data)) {
             if let Some(cpu) = cpu {
-                // 8×8 blocks of float32 transposed in registers: 16 vector loads and stores
-                // per 64 values instead of 64 scalar ones.
+                // Square blocks of float32 transposed in registers (16×16 on 512-bit vectors,
+                // else 8×8): 2n vector loads and stores per n² values instead of n² scalar ones.
                 let stride = stride as usize;
-                while c + 8 <= width {
+                let side = cpu.transpose_side();
+                while c + side <= width {
                     let at = (offsets[0] + ((cols.start + c) * stride) as isize) as usize;
-                    for r in (0..rows - rows % 8).step_by(8) {
-                        cpu.transpose_8x8(&data[at + r..], stride, &mut out[r * width + c..], width);
+                    for r in (0..rows - rows % side).step_by(side) {
+                        cpu.transpose(&data[at + r..], stride, &mut out[r * width + c..], width);
                     }
-                    for r in rows - rows % 8..rows {
-                        for j in 0..8 {
+                    for r in rows - rows % side..rows {
+                        for j in 0..side {
                             out[r * width + c + j] = data[at + j * stride + r];
                         }
                     }
-                    c += 8;
+                    c += side;
                 }
             }
         }
@@ -415,6 +416,30 @@ impl<'a, T: Element> Strided<'a, '_, T> {
                 for (i, &o) in offsets.iter().enumerate() {
                     out[i * width + c] = self.data[(o + shift) as usize].to_f32();
                 }
+            }
+        }
+    }
+
+    /// Ask the CPU to start loading what [`Self::gather`] of `offsets` × `cols` will read,
+    /// a cache line at a time: only when the rows are adjacent (each column one short run;
+    /// other layouts are left to the hardware). A hint: nothing is read here.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub fn prefetch_gather(&self, offsets: &[isize], cols: std::ops::Range<usize>, cpu: super::simd::Avx2) {
+        let stride = self.col_stride();
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else { return };
+        if stride <= 0 || last - first != offsets.len() as isize - 1 {
+            return;
+        }
+        let line = 64 / std::mem::size_of::<T>();
+        let base = self.data.as_ptr();
+        for c in cols {
+            let start = first + c as isize * stride;
+            let end = last + c as isize * stride;
+            let mut at = start;
+            while at <= end {
+                cpu.prefetch(base.wrapping_offset(at).cast());
+                at += line as isize;
             }
         }
     }
