@@ -38,10 +38,19 @@ fuzz_target!(|input: &[u8]| {
             step *= dim.max(1) as isize;
         }
     }
+    // A tall transposed weight (column-major, rows adjacent in memory): gathered in
+    // 16×16 or 8×8 blocks, its groups of 64 or 128 found 16 at a time, encoded a batch per
+    // kernel call, with the next group's lines prefetched.
+    if flags & 16 != 0 && !wide {
+        let rows = 4 * shape[0];
+        let cols = 16 * shape[ndim - 1];
+        shape = vec![rows, cols];
+        strides = vec![1, rows.max(1) as isize];
+    }
     let scale_dtype = [ScaleDType::F32, ScaleDType::F16, ScaleDType::BF16][(take(&mut data) % 3) as usize];
     let spec = QuantSpec { bits, symmetric: flags & 1 != 0, granularity, scale_dtype, pack: flags & 2 != 0, stats: flags & 4 != 0 };
     let mut values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    if wide && !values.is_empty() {
+    if (wide || flags & 16 != 0) && !values.is_empty() {
         let needed = origin + shape.iter().product::<usize>();
         values = values.iter().copied().cycle().take(needed.max(values.len())).collect();
     }
