@@ -391,15 +391,13 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         self.data.prefetch_gather(next_rows, from..(from + prefetch_step).min(next_cols.end), cpu);
                     }
                     let count = rows.len() / width;
-                    let batched = self.batch_params(rows, width, count, &mut batch);
-                    // The whole batch in one kernel call, its codes staged: each group's
-                    // bytes go to a different row of the output.
-                    #[cfg(target_arch = "x86_64")]
-                    if let (true, Some(cpu), true) = (batched, self.cpu, width.is_multiple_of(BLOCK)) {
-                        let group_bytes = width * bits / 8;
-                        let codes = &mut staged[..count * group_bytes];
-                        cpu.encode_groups(rows, width, &batch[..count], bits as u32, codes, None);
-                        for (k, bytes) in codes.chunks_exact(group_bytes).enumerate() {
+                    // The batch's codes are staged, then copied: each group's bytes go to a
+                    // different row of the output.
+                    let group_bytes = width * bits / 8;
+                    let mut staging = CodeWriter::new(&mut staged[..count * group_bytes], bits as u8);
+                    if self.encode_batch::<f32, false>(rows, width, count, &mut batch, &mut staging, &mut acc) {
+                        staging.finish();
+                        for (k, bytes) in staged[..count * group_bytes].chunks_exact(group_bytes).enumerate() {
                             let i = n * BATCH_GROUPS + k;
                             let at = ((rb + i) * lay.cols + c0 - e0) * bits / 8;
                             out.codes[at..at + group_bytes].copy_from_slice(bytes);
@@ -412,16 +410,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         let e = (rb + i) * lay.cols + c0;
                         let at = (e - e0) * bits / 8;
                         let mut writer = CodeWriter::new(&mut out.codes[at..at + width * bits / 8], bits as u8);
-                        let params = if batched {
-                            self.encode_group::<f32, false>(xs, batch[k], &mut writer, &mut acc);
-                            batch[k]
-                        } else {
-                            match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
-                                Ok(p) => p.expect("a group quantized on its own has its own parameters"),
-                                Err(err) => {
-                                    result = Err(err);
-                                    break 'blocks;
-                                }
+                        let params = match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
+                            Ok(p) => p.expect("a group quantized on its own has its own parameters"),
+                            Err(err) => {
+                                result = Err(err);
+                                break 'blocks;
                             }
                         };
                         writer.finish();
@@ -477,10 +470,10 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             let batched = batch_groups >= 2
                 && if tile_rows.contains(&row) {
                     let at = (row - tile_rows.start) * lay.cols + col;
-                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], batch_groups, &mut batch, &mut writer, &mut acc)
+                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], lay.group_len, batch_groups, &mut batch, &mut writer, &mut acc)
                 } else {
                     match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
-                        Some(run) => self.encode_batch::<T, STATS>(run, batch_groups, &mut batch, &mut writer, &mut acc),
+                        Some(run) => self.encode_batch::<T, STATS>(run, lay.group_len, batch_groups, &mut batch, &mut writer, &mut acc),
                         None => false,
                     }
                 };
@@ -537,19 +530,20 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         Ok(acc)
     }
 
-    /// Encode the `count` whole groups of `run` (consecutive, `group_len` each) as one
-    /// batch: their parameters first (into `batch`), then their codes. `false` (nothing
-    /// written) when a group is not finite or has no representable scale.
+    /// Encode the `count` whole groups of `run` (consecutive, `group_len` each: the
+    /// layout's, or a column block's narrower last group) as one batch: their parameters
+    /// first (into `batch`), then their codes. `false` (nothing written) when a group is
+    /// not finite or has no representable scale.
     #[inline(always)]
     fn encode_batch<S: Element, const STATS: bool>(
         &self,
         run: &[S],
+        group_len: usize,
         count: usize,
         batch: &mut [GroupParams; BATCH_GROUPS],
         writer: &mut CodeWriter<'_>,
         acc: &mut StatsAcc,
     ) -> bool {
-        let group_len = self.layout.group_len;
         if !self.batch_params(run, group_len, count, batch) {
             return false;
         }
