@@ -620,8 +620,11 @@ pub mod avx2 {
         let mut block_sums = [_mm256_setzero_ps(); 3];
         let code = |v: __m256, sums: &mut [__m256; 3]| {
             let y = _mm256_mul_ps(v, inv);
+            // Without statistics only the upper bound is applied here; the lower one is
+            // applied to the packed bytes (see `low_code`).
+            let c = if STATS { _mm256_max_ps(y, below) } else { y };
             // Round half to even, as `rint_small` (never the MXCSR mode).
-            let d = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(y, below), above));
+            let d = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(c, above));
             if STATS {
                 // As `BlockSums::lane`, from this y = x·inv and d = q − zp (the square of
                 // `y − d` is that of its absolute value, bit for bit).
@@ -633,6 +636,14 @@ pub mod avx2 {
             }
             _mm256_add_epi32(_mm256_cvttps_epi32(d), shift)
         };
+        // The lowest stored code. Without statistics the codes are clamped from below
+        // as bytes, 32 at a time, rather than as floats 8 at a time: `max(rint(y) + zp,
+        // lo)` is `rint(max(y, lo − zp)) + zp` (rint is monotone, the bound an integer),
+        // and the saturating packs on the way (32 to 16 to 8 bits) are monotone and leave
+        // every code in `lo..=hi` as it is, so clamping after them gives the same byte. A
+        // value below the 32-bit range converts to its most negative integer, which
+        // saturates and is clamped to `lo` just the same.
+        let low_code = _mm256_set1_epi8((p.lo as i32 + p.offset) as i8);
         // Multipliers that fold neighbouring codes into one value (maddubs: unsigned bytes
         // times signed bytes, adjacent pairs summed): c0 + 16·c1 for nibbles; c0 + 4·c1,
         // then (c0 + 4·c1) + 16·(c2 + 4·c3) for 2-bit codes. Every sum is at most 255.
@@ -660,6 +671,11 @@ pub mod avx2 {
             let bytes = if signed { _mm256_packs_epi16(ab, cd) } else { _mm256_packus_epi16(ab, cd) };
             // The packs work within 128-bit lanes; put the 4-byte groups back in order.
             let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            let bytes = match (STATS, signed) {
+                (true, _) => bytes,
+                (false, true) => _mm256_max_epi8(bytes, low_code),
+                (false, false) => _mm256_max_epu8(bytes, low_code),
+            };
             match bits {
                 4 => {
                     // 16 words c[2i] + 16·c[2i+1], narrowed to bytes (lanes 0 and 2 of the
@@ -1054,11 +1070,12 @@ pub mod avx512 {
         let code = |v: __m512, sums: &mut [__m256; 2], max: &mut __m512| {
             const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             let y = _mm512_mul_ps(v, inv);
-            let c = _mm512_min_ps(_mm512_max_ps(y, below), above);
             if !STATS {
-                // Rounded half to even as it converts.
-                return _mm512_add_epi32(_mm512_cvt_roundps_epi32::<NEAREST>(c), shift);
+                // Rounded half to even as it converts. Only the upper bound is applied
+                // here: the lower one is applied to the packed bytes (see `low_code`).
+                return _mm512_add_epi32(_mm512_cvt_roundps_epi32::<NEAREST>(_mm512_min_ps(y, above)), shift);
             }
+            let c = _mm512_min_ps(_mm512_max_ps(y, below), above);
             let d = _mm512_roundscale_ps::<NEAREST>(c);
             {
                 // As `BlockSums::lane`: elements k and k + 8 of the vector are lane k. The
@@ -1073,6 +1090,9 @@ pub mod avx512 {
             }
             _mm512_add_epi32(_mm512_cvttps_epi32(d), shift)
         };
+        // The lowest stored code: without statistics the codes are clamped from below
+        // as bytes, 64 at a time, as in the AVX2 kernel (which says why that is exact).
+        let low_code = _mm512_set1_epi8((p.lo as i32 + p.offset) as i8);
         // As in the AVX2 kernel: maddubs multipliers that fold neighbouring codes.
         let nibble_pairs = _mm512_set1_epi16(0x1001);
         let crumb_pairs = _mm512_set1_epi16(0x0401);
@@ -1097,6 +1117,11 @@ pub mod avx512 {
             let cd = _mm512_packs_epi32(c, d);
             let bytes = if signed { _mm512_packs_epi16(ab, cd) } else { _mm512_packus_epi16(ab, cd) };
             let bytes = _mm512_permutexvar_epi32(order, bytes);
+            let bytes = match (STATS, signed) {
+                (true, _) => bytes,
+                (false, true) => _mm512_max_epi8(bytes, low_code),
+                (false, false) => _mm512_max_epu8(bytes, low_code),
+            };
             match BITS {
                 4 => {
                     let words = _mm512_maddubs_epi16(bytes, nibble_pairs);
