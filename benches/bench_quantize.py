@@ -242,6 +242,16 @@ def main():
     sbase = ts["quantbridge int4 g128, contiguous (the strided rows' baseline)"]
     table += [(name, args.mib, ts[name] * 1e3, ts[name] / sbase) for name in strided_rows]
 
+    # stats=True against stats=False on the same view (issue 13 asks for 1.15×).
+    for view_name, view in (("contiguous", x), ("transposed torch weight", transposed)):
+        stats_rows = {
+            f"quantbridge int4 g128, {view_name}, stats=False (the next row's baseline)": lambda v=view: qb.quantize(v),
+            f"quantbridge int4 g128, {view_name}, stats=True, vs stats=False": lambda v=view: qb.quantize(v, stats=True),
+        }
+        ts = interleaved(stats_rows, args.rounds)
+        sbase = next(iter(ts.values()))
+        table += [(name, args.mib, ts[name] * 1e3, ts[name] / sbase) for name in stats_rows]
+
     for mib in (int(m) for m in args.limit_mib.split(",") if m):
         table += read_limit_rows(mib, max(3, args.rounds // 2))
 
@@ -326,7 +336,8 @@ def main():
     for label, us in small:
         print(f"{label:<62} {'':>5} {us:>8.1f} µs")
     print("ratios: quantbridge rows vs np.copyto of the same array (read-limit rows: vs the read pass of their")
-    print("        array; \"vs contiguous\" rows: vs the contiguous call); peer rows vs quantbridge on the peer tensor;")
+    print("        array; \"vs contiguous\" rows: vs the contiguous call; \"vs stats=False\" rows: vs the row above);")
+    print("        peer rows vs quantbridge on the peer tensor;")
     print("        gguf_type rows vs quantbridge int4 g128 of the same array; gguf-py rows vs quantbridge's same type;")
     print("        the ArrowQuantV2 row vs qb.quantize_batch of the same layers")
 

@@ -310,8 +310,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// Quantize flat elements `e0..e1` (a run of whole groups starting on a byte boundary).
     #[inline(always)]
     fn run<const STATS: bool>(&self, e0: usize, e1: usize, mut out: ChunkOut<'_>) -> Result<StatsAcc> {
-        if self.column_blocks_fit::<STATS>(e0, e1) {
-            match self.run_column_blocks(e0, e1, &mut out) {
+        if self.column_blocks_fit(e0, e1) {
+            match self.run_column_blocks::<STATS>(e0, e1, &mut out) {
                 Ok(acc) => return Ok(acc),
                 // Groups ran out of order: the in-order pass finds the error a sequential
                 // scan meets first (and rewrites every output).
@@ -322,14 +322,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     }
 
     /// Whether [`Self::run_column_blocks`] can quantize `e0..e1`: a strided view in groups
-    /// of a few hundred columns, whole rows, every group starting on a byte boundary, and no
-    /// stats (their float64 sums run in flat order).
+    /// of a few hundred columns, whole rows, and every group starting on a byte boundary.
     #[inline(always)]
-    fn column_blocks_fit<const STATS: bool>(&self, e0: usize, e1: usize) -> bool {
+    fn column_blocks_fit(&self, e0: usize, e1: usize) -> bool {
         let lay = self.layout;
         let bits = self.writer_bits();
-        !STATS
-            && self.fixed.is_none()
+        self.fixed.is_none()
             && lay.cols > 0
             && self.data.col_stride() != 1
             && lay.group_len <= MAX_BLOCK_COLS
@@ -356,10 +354,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// Reading 512 rows of a transposed weight's column at a time uses 2 KiB of contiguous
     /// memory per page visited. While a block's groups are encoded, the next block's cache
     /// lines are requested a slice at a time, so memory works while the core computes (the
-    /// gather alone waits on memory and the encode alone on the core). Stops at the first
+    /// gather alone waits on memory and the encode alone on the core). With `STATS`, each
+    /// group's statistics are kept apart and added up in flat order when the block is
+    /// done, so the sums are those of [`Self::run_rows`], bit for bit. Stops at the first
     /// error it meets, which may not be the first in flat order.
     #[inline(always)]
-    fn run_column_blocks(&self, e0: usize, e1: usize, out: &mut ChunkOut<'_>) -> Result<StatsAcc> {
+    fn run_column_blocks<const STATS: bool>(&self, e0: usize, e1: usize, out: &mut ChunkOut<'_>) -> Result<StatsAcc> {
         let lay = self.layout;
         let bits = self.writer_bits();
         let (r0, r1) = (e0 / lay.cols, e1 / lay.cols);
@@ -370,6 +370,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut acc = StatsAcc::default();
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
+        let mut batch_accs = [StatsAcc::default(); BATCH_GROUPS];
+        // With `STATS`, the statistics of the block's groups, row by row (flat order).
+        let mut parts = vec![StatsAcc::default(); if STATS { BLOCK_ROWS * lay.groups_per_row } else { 0 }];
         let mut staged = [0u8; BATCH_GROUPS * MAX_BLOCK_COLS];
         let mut result = Ok(());
         let mut starts = block_starts(r0);
@@ -395,13 +398,16 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     // different row of the output.
                     let group_bytes = width * bits / 8;
                     let mut staging = CodeWriter::new(&mut staged[..count * group_bytes], bits as u8);
-                    if self.encode_batch::<f32, false>(rows, width, count, &mut batch, &mut staging, &mut acc) {
+                    if self.encode_batch::<f32, STATS>(rows, width, count, &mut batch, &mut staging, &mut batch_accs) {
                         staging.finish();
                         for (k, bytes) in staged[..count * group_bytes].chunks_exact(group_bytes).enumerate() {
                             let i = n * BATCH_GROUPS + k;
                             let at = ((rb + i) * lay.cols + c0 - e0) * bits / 8;
                             out.codes[at..at + group_bytes].copy_from_slice(bytes);
                             out.set_params((rb + i) * lay.groups_per_row + j - first_group, &batch[k]);
+                            if STATS {
+                                parts[i * lay.groups_per_row + j] = batch_accs[k];
+                            }
                         }
                         continue;
                     }
@@ -410,7 +416,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         let e = (rb + i) * lay.cols + c0;
                         let at = (e - e0) * bits / 8;
                         let mut writer = CodeWriter::new(&mut out.codes[at..at + width * bits / 8], bits as u8);
-                        let params = match self.group::<f32, false>(xs, e, &mut writer, &mut acc) {
+                        let mut part = StatsAcc::default();
+                        let params = match self.group::<f32, STATS>(xs, e, &mut writer, &mut part) {
                             Ok(p) => p.expect("a group quantized on its own has its own parameters"),
                             Err(err) => {
                                 result = Err(err);
@@ -419,8 +426,15 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         };
                         writer.finish();
                         out.set_params((rb + i) * lay.groups_per_row + j - first_group, &params);
+                        if STATS {
+                            parts[i * lay.groups_per_row + j] = part;
+                        }
                     }
                 }
+            }
+            if STATS {
+                let rows = BLOCK_ROWS.min(r1 - rb);
+                parts[..rows * lay.groups_per_row].iter().for_each(|part| acc.merge(part));
             }
             starts = next_starts;
         }
@@ -450,6 +464,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             && lay.group_len < lay.cols
             && (strided || T::DTYPE == DType::F32 || (!STATS && vector_kernels));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
+        let mut batch_accs = [StatsAcc::default(); BATCH_GROUPS];
         let mut group = 0;
         let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
         let mut row_offset = self.data.row_offset(row);
@@ -470,17 +485,20 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             let batched = batch_groups >= 2
                 && if tile_rows.contains(&row) {
                     let at = (row - tile_rows.start) * lay.cols + col;
-                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], lay.group_len, batch_groups, &mut batch, &mut writer, &mut acc)
+                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs)
                 } else {
                     match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
-                        Some(run) => self.encode_batch::<T, STATS>(run, lay.group_len, batch_groups, &mut batch, &mut writer, &mut acc),
+                        Some(run) => self.encode_batch::<T, STATS>(run, lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs),
                         None => false,
                     }
                 };
             if batched {
-                for p in &batch[..batch_groups] {
+                for (p, part) in batch[..batch_groups].iter().zip(&batch_accs) {
                     out.set_params(group, p);
                     group += 1;
+                    if STATS {
+                        acc.merge(part);
+                    }
                 }
             }
             let len = if batched {
@@ -532,9 +550,13 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
 
     /// Encode the `count` whole groups of `run` (consecutive, `group_len` each: the
     /// layout's, or a column block's narrower last group) as one batch: their parameters
-    /// first (into `batch`), then their codes. `false` (nothing written) when a group is
-    /// not finite or has no representable scale.
+    /// first (into `batch`), then their codes. With `STATS`, group `k`'s statistics go to
+    /// `accs[k]`, reset first: the caller adds them up in flat order (a fresh
+    /// accumulator's one segment, merged, adds exactly what the segment would add
+    /// directly). `false` (nothing written) when a group is not finite or has no
+    /// representable scale.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn encode_batch<S: Element, const STATS: bool>(
         &self,
         run: &[S],
@@ -542,21 +564,25 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         count: usize,
         batch: &mut [GroupParams; BATCH_GROUPS],
         writer: &mut CodeWriter<'_>,
-        acc: &mut StatsAcc,
+        accs: &mut [StatsAcc; BATCH_GROUPS],
     ) -> bool {
         if !self.batch_params(run, group_len, count, batch) {
             return false;
         }
         let params = &batch[..count];
+        let accs = &mut accs[..count];
+        if STATS {
+            accs.fill(StatsAcc::default());
+        }
         match self.cpu {
             // The whole batch in one kernel call (its set-up paid once).
             #[cfg(target_arch = "x86_64")]
             Some(cpu) if writer.byte_aligned() && group_len.is_multiple_of(BLOCK) => {
                 let (bits, bytes) = (writer.bits(), run.len() / writer.codes_per_byte());
-                cpu.encode_groups(run, group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(acc));
+                cpu.encode_groups(run, group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(accs));
             }
             _ => {
-                for (p, xs) in params.iter().zip(run.chunks_exact(group_len)) {
+                for ((p, xs), acc) in params.iter().zip(run.chunks_exact(group_len)).zip(accs) {
                     self.encode_group::<S, STATS>(xs, *p, writer, acc);
                 }
             }

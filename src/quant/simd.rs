@@ -355,9 +355,10 @@ impl Avx2 {
     }
 
     /// Consecutive groups of `group_len` elements (a multiple of 64), one per entry of
-    /// `params`, encoded one after another into `out`; with `acc`, their statistics too
-    /// (each group a segment). One call for a batch of groups: on 512-bit vectors the
-    /// kernel's constants are set up once, not per group; else group by group.
+    /// `params`, encoded one after another into `out`; with `accs` (one per group), each
+    /// group's statistics too (a segment) into its own accumulator. One call for a batch
+    /// of groups: on 512-bit vectors the kernel's constants are set up once, not per group;
+    /// else group by group.
     #[inline(always)]
     pub fn encode_groups<W: Lane>(
         self,
@@ -366,19 +367,20 @@ impl Avx2 {
         params: &[crate::quant::math::GroupParams],
         bits: u32,
         out: &mut [u8],
-        acc: Option<&mut crate::quant::quantized::StatsAcc>,
+        accs: Option<&mut [crate::quant::quantized::StatsAcc]>,
     ) {
         assert!(group_len.is_multiple_of(64) && xs.len() == params.len() * group_len);
         assert!(out.len() == xs.len() * bits as usize / 8);
+        assert!(accs.as_ref().is_none_or(|a| a.len() == params.len()));
         if self.wide {
             // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL; the
             // lengths are checked above.
-            return unsafe { avx512::encode_groups(xs, group_len, params, bits, out, acc) };
+            return unsafe { avx512::encode_groups(xs, group_len, params, bits, out, accs) };
         }
         let out_len = group_len * bits as usize / 8;
         let groups = xs.chunks_exact(group_len).zip(params).zip(out.chunks_exact_mut(out_len));
-        match acc {
-            Some(acc) => groups.for_each(|((xs, p), out)| self.encode_with_stats(xs, *p, bits, out, None, acc)),
+        match accs {
+            Some(accs) => groups.zip(accs).for_each(|(((xs, p), out), acc)| self.encode_with_stats(xs, *p, bits, out, None, acc)),
             None => groups.for_each(|((xs, p), out)| self.encode(xs, *p, bits, out)),
         }
     }
@@ -959,7 +961,8 @@ pub mod avx512 {
     ///
     /// # Safety
     /// The CPU supports AVX-512 F, BW and VL; `group_len` is a multiple of 64, `xs` holds
-    /// `params.len()` groups and `out` their codes.
+    /// `params.len()` groups, `out` their codes and `accs` (when given) one accumulator
+    /// per group.
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn encode_groups<W: Lane>(
@@ -968,39 +971,48 @@ pub mod avx512 {
         params: &[GroupParams],
         bits: u32,
         out: &mut [u8],
-        acc: Option<&mut StatsAcc>,
+        accs: Option<&mut [StatsAcc]>,
     ) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL and the lengths (every arm).
         unsafe {
-            match (bits, acc) {
-                (4, None) => encode_groups_bits::<W, false, 4>(xs, group_len, params, out, &mut StatsAcc::default()),
-                (2, None) => encode_groups_bits::<W, false, 2>(xs, group_len, params, out, &mut StatsAcc::default()),
-                (_, None) => encode_groups_bits::<W, false, 8>(xs, group_len, params, out, &mut StatsAcc::default()),
-                (4, Some(acc)) => encode_groups_bits::<W, true, 4>(xs, group_len, params, out, acc),
-                (2, Some(acc)) => encode_groups_bits::<W, true, 2>(xs, group_len, params, out, acc),
-                (_, Some(acc)) => encode_groups_bits::<W, true, 8>(xs, group_len, params, out, acc),
+            match bits {
+                4 => encode_groups_bits::<W, 4>(xs, group_len, params, out, accs),
+                2 => encode_groups_bits::<W, 2>(xs, group_len, params, out, accs),
+                _ => encode_groups_bits::<W, 8>(xs, group_len, params, out, accs),
             }
         }
     }
 
-    /// [`encode_groups`] for `bits` and `STATS` known at compile time: [`encode_impl`]
-    /// inlined into one loop over the groups.
+    /// [`encode_groups`] for `bits` known at compile time: [`encode_impl`] inlined into
+    /// one loop over the groups.
     ///
     /// # Safety
     /// As [`encode_groups`].
     #[inline(always)]
-    unsafe fn encode_groups_bits<W: Lane, const STATS: bool, const BITS: u32>(
+    unsafe fn encode_groups_bits<W: Lane, const BITS: u32>(
         xs: &[W],
         group_len: usize,
         params: &[GroupParams],
         out: &mut [u8],
-        acc: &mut StatsAcc,
+        accs: Option<&mut [StatsAcc]>,
     ) {
         let out_len = group_len * BITS as usize / 8;
-        for ((xs, p), out) in xs.chunks_exact(group_len).zip(params).zip(out.chunks_exact_mut(out_len)) {
-            // SAFETY: the caller guarantees AVX-512 F, BW and VL; `xs` is a whole number
-            // of 64-element steps and `out` holds their codes.
-            unsafe { encode_impl::<W, STATS, BITS>(xs, *p, out, None, acc) };
+        let groups = xs.chunks_exact(group_len).zip(params).zip(out.chunks_exact_mut(out_len));
+        match accs {
+            Some(accs) => {
+                for (((xs, p), out), acc) in groups.zip(accs) {
+                    // SAFETY: the caller guarantees AVX-512 F, BW and VL; `xs` is a whole
+                    // number of 64-element steps and `out` holds their codes.
+                    unsafe { encode_impl::<W, true, BITS>(xs, *p, out, None, acc) };
+                }
+            }
+            None => {
+                let mut unused = StatsAcc::default();
+                for ((xs, p), out) in groups {
+                    // SAFETY: as above.
+                    unsafe { encode_impl::<W, false, BITS>(xs, *p, out, None, &mut unused) };
+                }
+            }
         }
     }
 
