@@ -371,8 +371,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut batch_accs = [StatsAcc::default(); BATCH_GROUPS];
-        // With `STATS`, the statistics of the block's groups, row by row (flat order).
-        let mut parts = vec![StatsAcc::default(); if STATS { BLOCK_ROWS * lay.groups_per_row } else { 0 }];
+        // With `STATS`, the statistics of the block's groups, row by row (flat order): as
+        // many rows as the chunk's largest block.
+        let mut parts = vec![StatsAcc::default(); if STATS { BLOCK_ROWS.min(r1 - r0) * lay.groups_per_row } else { 0 }];
         let mut staged = [0u8; BATCH_GROUPS * MAX_BLOCK_COLS];
         let mut result = Ok(());
         let mut starts = block_starts(r0);
