@@ -365,8 +365,18 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let (r0, r1) = (e0 / lay.cols, e1 / lay.cols);
         let first_group = lay.group_of(e0);
         let group_cols = |j: usize| j * lay.group_len..((j + 1) * lay.group_len).min(lay.cols);
+        // Blocks start on a cache line of the first column when the rows are adjacent:
+        // otherwise every column's run starts mid-line and each 16-row load of the gather
+        // straddles two lines. A short first block takes the rows before that line.
+        let unit = 64 / std::mem::size_of::<T>();
+        let lead = match self.data.row_starts(r0..r0 + 1).first() {
+            Some(&at) => (unit - (self.data.elements().as_ptr() as usize / std::mem::size_of::<T>() + at as usize) % unit) % unit,
+            None => 0,
+        };
+        let lead = if lead < r1 - r0 { lead } else { 0 };
+        let block_end = |rb: usize| if rb == r0 && lead > 0 { r0 + lead } else { (rb + BLOCK_ROWS).min(r1) };
         // The same rows for every group of a block: their starts are found once.
-        let block_starts = |rb: usize| if rb < r1 { self.data.row_starts(rb..rb + BLOCK_ROWS.min(r1 - rb)) } else { Vec::new() };
+        let block_starts = |rb: usize| if rb < r1 { self.data.row_starts(rb..block_end(rb)) } else { Vec::new() };
         let mut acc = StatsAcc::default();
         let mut block = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
@@ -377,8 +387,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut staged = [0u8; BATCH_GROUPS * MAX_BLOCK_COLS];
         let mut result = Ok(());
         let mut starts = block_starts(r0);
-        'blocks: for rb in (r0..r1).step_by(BLOCK_ROWS) {
-            let next_starts = block_starts(rb + BLOCK_ROWS);
+        let mut rb = r0;
+        'blocks: while rb < r1 {
+            let next_starts = block_starts(block_end(rb));
             for j in 0..lay.groups_per_row {
                 let cols = group_cols(j);
                 let (c0, width) = (cols.start, cols.len());
@@ -434,10 +445,11 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                 }
             }
             if STATS {
-                let rows = BLOCK_ROWS.min(r1 - rb);
+                let rows = block_end(rb) - rb;
                 parts[..rows * lay.groups_per_row].iter().for_each(|part| acc.merge(part));
             }
             starts = next_starts;
+            rb = block_end(rb);
         }
         TILE.with(|t| *t.borrow_mut() = block);
         result.map(|()| acc)

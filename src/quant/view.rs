@@ -331,6 +331,12 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         offset
     }
 
+    /// Every element of the underlying buffer: row starts ([`Self::row_starts`]) index it.
+    #[inline(always)]
+    pub fn elements(&self) -> &'a [T] {
+        self.data
+    }
+
     /// Stride of the last axis.
     pub fn col_stride(&self) -> isize {
         self.strides[self.shape.len() - 1]
