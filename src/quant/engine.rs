@@ -365,14 +365,12 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let (r0, r1) = (e0 / lay.cols, e1 / lay.cols);
         let first_group = lay.group_of(e0);
         let group_cols = |j: usize| j * lay.group_len..((j + 1) * lay.group_len).min(lay.cols);
-        // Blocks start on a cache line of the first column when the rows are adjacent:
-        // otherwise every column's run starts mid-line and each 16-row load of the gather
-        // straddles two lines. A short first block takes the rows before that line.
+        // A short first block takes the rows before column 0's first cache-line boundary,
+        // so the later blocks start on a line (in every column when the column stride is a
+        // multiple of 64 bytes, as a transposed weight's usually is). A run that starts
+        // mid-line makes each 16-row load of the gather straddle two lines.
         let unit = 64 / std::mem::size_of::<T>();
-        let lead = match self.data.row_starts(r0..r0 + 1).first() {
-            Some(&at) => (unit - (self.data.elements().as_ptr() as usize / std::mem::size_of::<T>() + at as usize) % unit) % unit,
-            None => 0,
-        };
+        let lead = (unit - self.data.line_offset(r0)) % unit;
         let lead = if lead < r1 - r0 { lead } else { 0 };
         let block_end = |rb: usize| if rb == r0 && lead > 0 { r0 + lead } else { (rb + BLOCK_ROWS).min(r1) };
         // The same rows for every group of a block: their starts are found once.

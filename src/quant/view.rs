@@ -331,10 +331,11 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         offset
     }
 
-    /// Every element of the underlying buffer: row starts ([`Self::row_starts`]) index it.
-    #[inline(always)]
-    pub fn elements(&self) -> &'a [T] {
-        self.data
+    /// How many elements past the start of its 64-byte cache line row `row` starts.
+    pub fn line_offset(&self, row: usize) -> usize {
+        let size = std::mem::size_of::<T>();
+        let at = (self.origin as isize + self.row_offset(row)) as usize;
+        (self.data.as_ptr() as usize / size + at) % (64 / size)
     }
 
     /// Stride of the last axis.
