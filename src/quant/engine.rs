@@ -470,10 +470,9 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         let mut tile_rows = 0..0;
         // Batches need each group's own parameters, a contiguous row, and the element type
         // the per-group path would encode from (half precision is widened first below for
-        // statistics and for the portable kernel).
-        let batching = self.fixed.is_none()
-            && lay.group_len < lay.cols
-            && (strided || T::DTYPE == DType::F32 || (!STATS && vector_kernels));
+        // the portable kernel; the vector kernels widen it in registers, statistics too).
+        let batching =
+            self.fixed.is_none() && lay.group_len < lay.cols && (strided || T::DTYPE == DType::F32 || vector_kernels);
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut batch_accs = [StatsAcc::default(); BATCH_GROUPS];
         let mut group = 0;
@@ -524,7 +523,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         // precision groups are widened to float32 once (exact for f16/bf16; f64
                         // rounds exactly as `to_f32` does everywhere), so the float32 loops do
                         // the rest.
-                        Some(run) if T::DTYPE != DType::F32 && (STATS || !vector_kernels) => {
+                        Some(run) if T::DTYPE != DType::F32 && !vector_kernels => {
                             scratch.clear();
                             scratch.extend(run.iter().map(|x| x.to_f32()));
                             self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
