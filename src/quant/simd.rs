@@ -425,11 +425,11 @@ impl Avx2 {
         }
     }
 
-    /// Transpose one square block of [`Self::transpose_side`] floats a side:
-    /// `dst[i * dst_stride + j] = src[j * src_stride + i]` ([`avx512::transpose_16x16`] or
-    /// [`avx2::transpose_8x8`]).
+    /// Transpose one square block of [`Self::transpose_side`] elements a side into float32:
+    /// `dst[i * dst_stride + j] = src[j * src_stride + i]` widened as [`Lane::to_f32`]
+    /// ([`avx512::transpose_16x16`] or [`avx2::transpose_8x8`]).
     #[inline(always)]
-    pub fn transpose(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    pub fn transpose<W: Lane>(self, src: &[W], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
         if self.wide {
             // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
             unsafe { avx512::transpose_16x16(src, src_stride, dst, dst_stride) }
@@ -787,20 +787,22 @@ pub mod avx2 {
     }
 
     /// Transpose 8×8 floats: `dst[i * dst_stride + j] = src[j * src_stride + i]` for
-    /// `i, j < 8` (eight 8-float loads, shuffles, eight 8-float stores). Copies bits only.
+    /// `i, j < 8` (eight 8-element loads widened to float32 as [`Lane::load8`] widens,
+    /// shuffles, eight 8-float stores). Float32 bits are copied as they are.
     ///
     /// # Safety
-    /// The CPU supports AVX2.
+    /// The CPU supports AVX2 and F16C.
     ///
     /// # Panics
     /// When `src` or `dst` is too short for the eight rows it reads or writes.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn transpose_8x8(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    pub unsafe fn transpose_8x8<W: Lane>(src: &[W], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
         assert!(src.len() >= 7 * src_stride + 8 && dst.len() >= 7 * dst_stride + 8);
         let s = src.as_ptr();
-        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 8], in bounds by the assert.
-        let r: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(s.add(j * src_stride)) });
+        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 8], in bounds by the assert;
+        // AVX2 and F16C are enabled here.
+        let r: [__m256; 8] = std::array::from_fn(|j| unsafe { W::load8(s.add(j * src_stride)) });
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -847,22 +849,24 @@ pub mod avx512 {
     use crate::quant::math::GroupParams;
     use crate::quant::quantized::{BlockSums, StatsAcc, STAT_BLOCK};
 
-    /// Transpose 16×16 floats: `dst[i * dst_stride + j] = src[j * src_stride + i]` for
-    /// `i, j < 16` (sixteen 16-float loads, four rounds of in-register shuffles, sixteen
-    /// 16-float stores). Copies bits only.
+    /// Transpose 16×16 elements into float32:
+    /// `dst[i * dst_stride + j] = src[j * src_stride + i]` for `i, j < 16` (sixteen
+    /// 16-element loads widened as [`Lane::load16`] widens, four rounds of in-register
+    /// shuffles, sixteen 16-float stores). Float32 bits are copied as they are.
     ///
     /// # Safety
-    /// The CPU supports AVX-512 F.
+    /// The CPU supports AVX-512 F, BW and VL.
     ///
     /// # Panics
     /// When `src` or `dst` is too short for the sixteen rows it reads or writes.
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
-    pub unsafe fn transpose_16x16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    pub unsafe fn transpose_16x16<W: Lane>(src: &[W], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
         assert!(src.len() >= 15 * src_stride + 16 && dst.len() >= 15 * dst_stride + 16);
         let s = src.as_ptr();
-        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 16], in bounds by the assert.
-        let r: [__m512; 16] = std::array::from_fn(|j| unsafe { _mm512_loadu_ps(s.add(j * src_stride)) });
+        // SAFETY: row j reads src[j*src_stride .. j*src_stride + 16], in bounds by the
+        // assert; AVX-512 F is enabled here.
+        let r: [__m512; 16] = std::array::from_fn(|j| unsafe { W::load16(s.add(j * src_stride)) });
         // Rows 2i and 2i+1 interleaved in 32-bit pairs, then 64-bit pairs of those within
         // each 128-bit lane: every lane of u[4i + k] holds a 4×4 block's column.
         let t: [__m512; 16] = std::array::from_fn(|n| {
