@@ -321,8 +321,10 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         self.run_rows::<STATS>(e0, e1, out)
     }
 
-    /// Whether [`Self::run_column_blocks`] can quantize `e0..e1`: a strided view in groups
-    /// of a few hundred columns, whole rows, and every group starting on a byte boundary.
+    /// Whether [`Self::run_column_blocks`] can quantize `e0..e1`: a strided view whose rows
+    /// are adjacent (a transposed weight: other layouts read fastest a whole row at a
+    /// time), in groups of a few hundred columns, whole rows, and every group starting on
+    /// a byte boundary.
     #[inline(always)]
     fn column_blocks_fit(&self, e0: usize, e1: usize) -> bool {
         let lay = self.layout;
@@ -330,6 +332,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         self.fixed.is_none()
             && lay.cols > 0
             && self.data.col_stride() != 1
+            && self.data.rows_adjacent()
             && lay.group_len <= MAX_BLOCK_COLS
             && e0.is_multiple_of(lay.cols)
             && e1.is_multiple_of(lay.cols)
@@ -845,7 +848,21 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
     let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
     let mut e = e0;
     let mut scratch = Vec::new();
+    let strided = data.col_stride() != 1;
     while e < e1 {
+        // A strided view's whole rows a tile at a time, gathered as `run_rows` gathers them:
+        // read one row at a time, a transposed weight would use one value of each cache
+        // line it loads. The tile is row-major, so a non-finite value's index in it is its
+        // flat offset from `e`.
+        let rows = if strided && col == 0 { ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS) } else { 0 };
+        if rows >= 2 {
+            data.gather(&data.row_starts(row..row + rows), 0..lay.cols, &mut scratch, cpu);
+            let (a, b) = min_max(&scratch, e, cpu)?;
+            (mn, mx) = (mn.min(a), mx.max(b));
+            e += rows * lay.cols;
+            row += rows;
+            continue;
+        }
         let len = (lay.cols - col).min(e1 - e);
         let row_offset = data.row_offset(row);
         let (a, b) = match data.contiguous_run(row_offset, col, len) {

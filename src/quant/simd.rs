@@ -414,6 +414,17 @@ impl Avx2 {
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast()) }
     }
 
+    /// `dst[k] = src[len − 1 − k]` widened as [`Lane::to_f32`]: a row read backwards (a
+    /// view whose last axis has stride −1), eight values per vector.
+    ///
+    /// # Panics
+    /// When `src` and `dst` differ in length.
+    #[inline(always)]
+    pub fn widen_reversed<W: Lane>(self, src: &[W], dst: &mut [f32]) {
+        // SAFETY: `self` proves the CPU supports AVX2 and F16C.
+        unsafe { avx2::widen_reversed(src, dst) }
+    }
+
     /// Side of the square blocks [`Self::transpose`] moves: 16 on 512-bit vectors (a
     /// whole cache line per row), else 8.
     #[inline(always)]
@@ -786,9 +797,38 @@ pub mod avx2 {
         }
     }
 
-    /// Transpose 8×8 floats: `dst[i * dst_stride + j] = src[j * src_stride + i]` for
-    /// `i, j < 8` (eight 8-element loads widened to float32 as [`Lane::load8`] widens,
-    /// shuffles, eight 8-float stores). Float32 bits are copied as they are.
+    /// [`super::Avx2::widen_reversed`]: `dst[k] = src[len − 1 − k]` as float32.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C.
+    ///
+    /// # Panics
+    /// When `src` and `dst` differ in length.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn widen_reversed<W: Lane>(src: &[W], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len());
+        let n = src.len();
+        let reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+        let mut k = 0;
+        while k + 8 <= n {
+            // SAFETY: `src[n − k − 8 .. n − k]` and `dst[k .. k + 8]` are in bounds (`k + 8 ≤
+            // n`, equal lengths); AVX2 and F16C are enabled here.
+            unsafe {
+                let v = W::load8(src.as_ptr().add(n - k - 8));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(k), _mm256_permutevar8x32_ps(v, reverse));
+            }
+            k += 8;
+        }
+        for (k, d) in dst.iter_mut().enumerate().skip(k) {
+            *d = src[n - 1 - k].to_f32();
+        }
+    }
+
+    /// Transpose 8×8 elements into float32:
+    /// `dst[i * dst_stride + j] = src[j * src_stride + i]` for `i, j < 8` (eight 8-element
+    /// loads widened as [`Lane::load8`] widens, shuffles, eight 8-float stores). Float32
+    /// bits are copied as they are.
     ///
     /// # Safety
     /// The CPU supports AVX2 and F16C.

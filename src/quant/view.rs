@@ -414,19 +414,43 @@ impl<'a, T: Element> Strided<'a, '_, T> {
                 }
             }
         }
-        for c in c..width {
-            let shift = (cols.start + c) as isize * stride;
-            if adjacent {
-                let start = (offsets[0] + shift) as usize;
+        if adjacent {
+            for c in c..width {
+                let start = (offsets[0] + (cols.start + c) as isize * stride) as usize;
                 for (i, x) in self.data[start..start + rows].iter().enumerate() {
                     out[i * width + c] = x.to_f32();
                 }
+            }
+            return;
+        }
+        // Rows apart in memory: each row is read along its own axis, which is where its
+        // values lie closest (a reversed row is one slice read backwards).
+        for (&o, dst) in offsets.iter().zip(out.chunks_exact_mut(width)) {
+            let first = o + cols.start as isize * stride;
+            if stride == -1 && width > 0 {
+                let last = (first + 1 - width as isize) as usize;
+                let src = &self.data[last..last + width];
+                #[cfg(target_arch = "x86_64")]
+                if let Some(cpu) = cpu {
+                    cpu.widen_reversed(src, dst);
+                    continue;
+                }
+                for (d, x) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = x.to_f32();
+                }
             } else {
-                for (i, &o) in offsets.iter().enumerate() {
-                    out[i * width + c] = self.data[(o + shift) as usize].to_f32();
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = self.data[(first + k as isize * stride) as usize].to_f32();
                 }
             }
         }
+    }
+
+    /// Whether consecutive rows start one element apart (the rows axis has stride 1, as in
+    /// a transposed weight), so a column's values for a run of rows are one short slice.
+    pub fn rows_adjacent(&self) -> bool {
+        let ndim = self.shape.len();
+        ndim >= 2 && self.strides[ndim - 2] == 1
     }
 
     /// Ask the CPU to start loading what [`Self::gather`] of `offsets` × `cols` will read,
