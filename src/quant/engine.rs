@@ -101,7 +101,7 @@ impl<'a> Engine<'a> {
     pub fn quantize_gguf(&self, view: &TensorView<'_>, ty: super::gguf::GgufType, stats: bool) -> Result<Quantized> {
         let mut q = super::gguf::quantize(view, ty, self.alloc, self.kernel.avx2())?;
         if stats {
-            q.stats = Some(super::gguf::stats(view, &q.codes, ty)?);
+            q.stats = Some(super::gguf::stats(view, &q.codes, ty, self.kernel.avx2())?);
         }
         Ok(q)
     }
@@ -533,7 +533,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                         }
                         Some(run) => self.group::<T, STATS>(run, e, &mut writer, &mut acc),
                         None => {
-                            self.data.read_run(row_offset, col, len, &mut scratch);
+                            self.data.read_run(row_offset, col, len, &mut scratch, self.cpu);
                             self.group::<f32, STATS>(&scratch, e, &mut writer, &mut acc)
                         }
                     }
@@ -868,7 +868,7 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
         let (a, b) = match data.contiguous_run(row_offset, col, len) {
             Some(run) => min_max(run, e, cpu)?,
             None => {
-                data.read_run(row_offset, col, len, &mut scratch);
+                data.read_run(row_offset, col, len, &mut scratch, cpu);
                 min_max(&scratch, e, cpu)?
             }
         };

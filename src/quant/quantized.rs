@@ -192,6 +192,28 @@ impl StatsAcc {
         self.max_abs = self.max_abs.max(err);
     }
 
+    /// Account for a run of elements `xs` and their dequantized values `ys`: element `k`
+    /// into float64 lane `k % 8`, the lanes folded as [`fold_lanes`] folds them when the
+    /// run is done. A fixed order (so fixed bits) whose eight chains vectorize, where one
+    /// [`Self::add`] per element waits on the previous one.
+    #[inline(always)]
+    pub fn add_run(&mut self, xs: &[f32], ys: &[f32]) {
+        debug_assert_eq!(xs.len(), ys.len());
+        let (mut sq_err, mut sq, mut max_abs) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
+        for (x8, y8) in xs.chunks(STAT_LANES).zip(ys.chunks(STAT_LANES)) {
+            for (k, (&x, &y)) in x8.iter().zip(y8).enumerate() {
+                let err = (x - y).abs();
+                sq_err[k] += (err as f64) * (err as f64);
+                sq[k] += (x as f64) * (x as f64);
+                // Compare-and-select (as in `min_max`): NaN-free inputs, and it vectorizes.
+                max_abs[k] = if err > max_abs[k] { err } else { max_abs[k] };
+            }
+        }
+        self.sum_sq_err += fold_lanes(&sq_err);
+        self.sum_sq += fold_lanes(&sq);
+        self.max_abs = max_abs.iter().fold(self.max_abs, |m, &x| if x > m { x } else { m });
+    }
+
     /// Fold another chunk's sums into this one.
     pub fn merge(&mut self, other: &StatsAcc) {
         self.sum_sq_err += other.sum_sq_err;

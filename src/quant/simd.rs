@@ -414,15 +414,16 @@ impl Avx2 {
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast()) }
     }
 
-    /// `dst[k] = src[len − 1 − k]` widened as [`Lane::to_f32`]: a row read backwards (a
-    /// view whose last axis has stride −1), eight values per vector.
+    /// `src` widened to float32 as [`Lane::to_f32`] into `dst`, read backwards when
+    /// `reversed` (`dst[k] = src[len − 1 − k]`: a view whose last axis has stride −1),
+    /// eight values per vector.
     ///
     /// # Panics
     /// When `src` and `dst` differ in length.
     #[inline(always)]
-    pub fn widen_reversed<W: Lane>(self, src: &[W], dst: &mut [f32]) {
+    pub fn widen<W: Lane>(self, src: &[W], dst: &mut [f32], reversed: bool) {
         // SAFETY: `self` proves the CPU supports AVX2 and F16C.
-        unsafe { avx2::widen_reversed(src, dst) }
+        unsafe { avx2::widen(src, dst, reversed) }
     }
 
     /// Side of the square blocks [`Self::transpose`] moves: 16 on 512-bit vectors (a
@@ -797,7 +798,7 @@ pub mod avx2 {
         }
     }
 
-    /// [`super::Avx2::widen_reversed`]: `dst[k] = src[len − 1 − k]` as float32.
+    /// [`super::Avx2::widen`]: `src` as float32 into `dst`, backwards when `reversed`.
     ///
     /// # Safety
     /// The CPU supports AVX2 and F16C.
@@ -806,22 +807,26 @@ pub mod avx2 {
     /// When `src` and `dst` differ in length.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn widen_reversed<W: Lane>(src: &[W], dst: &mut [f32]) {
+    pub unsafe fn widen<W: Lane>(src: &[W], dst: &mut [f32], reversed: bool) {
         assert_eq!(src.len(), dst.len());
         let n = src.len();
         let reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
         let mut k = 0;
         while k + 8 <= n {
-            // SAFETY: `src[n − k − 8 .. n − k]` and `dst[k .. k + 8]` are in bounds (`k + 8 ≤
-            // n`, equal lengths); AVX2 and F16C are enabled here.
+            // SAFETY: `src[k .. k + 8]`, `src[n − k − 8 .. n − k]` and `dst[k .. k + 8]` are
+            // in bounds (`k + 8 ≤ n`, equal lengths); AVX2 and F16C are enabled here.
             unsafe {
-                let v = W::load8(src.as_ptr().add(n - k - 8));
-                _mm256_storeu_ps(dst.as_mut_ptr().add(k), _mm256_permutevar8x32_ps(v, reverse));
+                let v = if reversed {
+                    _mm256_permutevar8x32_ps(W::load8(src.as_ptr().add(n - k - 8)), reverse)
+                } else {
+                    W::load8(src.as_ptr().add(k))
+                };
+                _mm256_storeu_ps(dst.as_mut_ptr().add(k), v);
             }
             k += 8;
         }
         for (k, d) in dst.iter_mut().enumerate().skip(k) {
-            *d = src[n - 1 - k].to_f32();
+            *d = if reversed { src[n - 1 - k] } else { src[k] }.to_f32();
         }
     }
 

@@ -356,16 +356,29 @@ impl<'a, T: Element> Strided<'a, '_, T> {
     }
 
     /// `len` elements of a row starting at `row_offset + col*col_stride`, as float32, into
-    /// `out` (replacing its contents): a slice copy when the last axis has stride ±1, else
-    /// one element at a time.
+    /// `out` (replacing its contents): one slice widened (eight values per vector with
+    /// `cpu`) when the last axis has stride ±1, else one element at a time.
     #[inline]
-    pub fn read_run(&self, row_offset: isize, col: usize, len: usize, out: &mut Vec<f32>) {
+    pub fn read_run(&self, row_offset: isize, col: usize, len: usize, out: &mut Vec<f32>, cpu: Option<super::simd::Avx2>) {
         out.clear();
         let stride = self.col_stride();
-        if stride == -1 && len > 0 {
-            // The run is contiguous backwards: read its slice and reverse it.
-            let last = (self.origin as isize + row_offset - (col + len - 1) as isize) as usize;
-            out.extend(self.data[last..last + len].iter().rev().map(|x| x.to_f32()));
+        if (stride == 1 || stride == -1) && len > 0 {
+            // The run is one slice, read forwards or backwards.
+            let first = self.origin as isize + row_offset + col as isize * stride;
+            let start = if stride == 1 { first } else { first + 1 - len as isize } as usize;
+            let src = &self.data[start..start + len];
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = cpu {
+                out.resize(len, 0.0);
+                cpu.widen(src, out, stride == -1);
+                return;
+            }
+            let _ = cpu;
+            if stride == 1 {
+                out.extend(src.iter().map(|x| x.to_f32()));
+            } else {
+                out.extend(src.iter().rev().map(|x| x.to_f32()));
+            }
         } else {
             out.extend((0..len).map(|k| self.get(row_offset, col + k)));
         }
@@ -432,7 +445,7 @@ impl<'a, T: Element> Strided<'a, '_, T> {
                 let src = &self.data[last..last + width];
                 #[cfg(target_arch = "x86_64")]
                 if let Some(cpu) = cpu {
-                    cpu.widen_reversed(src, dst);
+                    cpu.widen(src, dst, true);
                     continue;
                 }
                 for (d, x) in dst.iter_mut().zip(src.iter().rev()) {

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::quant::simd::Avx2;
-use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, TensorView};
+use crate::quant::view::Strided;
+use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, StatsAcc, TensorView};
 
 /// A ggml block type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,17 +215,11 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
     let row_bytes = ty.row_bytes(cols);
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
     blocks.par_chunks_mut(row_bytes * rows_per_task).enumerate().try_for_each(|(task, out)| {
-        let mut row = Vec::with_capacity(cols);
+        let first = task * rows_per_task;
+        let mut source = RowSource::new(data, first..first + out.len() / row_bytes, cols, cpu);
         for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
-            let index = task * rows_per_task + r;
-            let offset = data.row_offset(index);
-            let values: &[f32] = match T::as_f32s(data.contiguous_run(offset, 0, cols).unwrap_or(&[])) {
-                Some(slice) if slice.len() == cols => slice,
-                _ => {
-                    data.read_run(offset, 0, cols, &mut row);
-                    &row
-                }
-            };
+            let index = first + r;
+            let values = source.row(index);
             let finite = match cpu {
                 // The check and the block functions, inlined here, compiled with AVX2
                 // (ggml's float operations are not reassociated or fused, so the bytes do
@@ -284,29 +279,87 @@ fn any_non_finite(values: &[f32]) -> bool {
 
 /// Error statistics of `blocks` (the quantization of `view` to `ty`), row by row in order
 /// (deterministic, and no more memory than two rows of float32).
-pub fn stats(view: &TensorView<'_>, blocks: &[u8], ty: GgufType) -> Result<crate::quant::Stats> {
+pub fn stats(view: &TensorView<'_>, blocks: &[u8], ty: GgufType, cpu: Option<Avx2>) -> Result<crate::quant::Stats> {
     match view.dtype() {
-        DType::F32 => stats_typed::<f32>(view, blocks, ty),
-        DType::F16 => stats_typed::<half::f16>(view, blocks, ty),
-        DType::BF16 => stats_typed::<half::bf16>(view, blocks, ty),
-        DType::F64 => stats_typed::<f64>(view, blocks, ty),
+        DType::F32 => stats_typed::<f32>(view, blocks, ty, cpu),
+        DType::F16 => stats_typed::<half::f16>(view, blocks, ty, cpu),
+        DType::BF16 => stats_typed::<half::bf16>(view, blocks, ty, cpu),
+        DType::F64 => stats_typed::<f64>(view, blocks, ty, cpu),
     }
 }
 
-fn stats_typed<T: Element>(view: &TensorView<'_>, blocks: &[u8], ty: GgufType) -> Result<crate::quant::Stats> {
+fn stats_typed<T: Element>(view: &TensorView<'_>, blocks: &[u8], ty: GgufType, cpu: Option<Avx2>) -> Result<crate::quant::Stats> {
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (rows, cols) = view.rows_cols();
     let row_bytes = ty.row_bytes(cols);
-    let (mut source, mut restored) = (Vec::with_capacity(cols), vec![0f32; cols]);
-    let mut acc = crate::quant::StatsAcc::default();
-    for (r, bytes) in blocks.chunks_exact(row_bytes).enumerate().take(rows) {
-        data.read_run(data.row_offset(r), 0, cols, &mut source);
-        ty.dequantize_into(bytes, &mut restored);
-        for (&x, &y) in source.iter().zip(&restored) {
-            acc.add(x, y);
-        }
+    let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
+    // Tasks in parallel, each row's sums on eight lanes (`StatsAcc::add_run`), the tasks
+    // merged in row order: the same bits whatever the thread count.
+    let parts: Vec<StatsAcc> = blocks[..rows * row_bytes]
+        .par_chunks(row_bytes * rows_per_task)
+        .enumerate()
+        .map(|(task, task_blocks)| {
+            let first = task * rows_per_task;
+            let mut source = RowSource::new(data, first..first + task_blocks.len() / row_bytes, cols, cpu);
+            let mut restored = vec![0f32; cols];
+            let mut acc = StatsAcc::default();
+            for (r, bytes) in task_blocks.chunks_exact(row_bytes).enumerate() {
+                ty.dequantize_into(bytes, &mut restored);
+                let xs = source.row(first + r);
+                match cpu {
+                    Some(cpu) => cpu.vectorize(#[inline(always)] || acc.add_run(xs, &restored)),
+                    None => acc.add_run(xs, &restored),
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut acc = StatsAcc::default();
+    for part in &parts {
+        acc.merge(part);
     }
     Ok(acc.finish(rows * cols))
+}
+
+/// A task's rows of a view as float32: borrowed in place when they are contiguous float32,
+/// gathered all at once when the last axis is strided (a transposed weight: read one row at
+/// a time, it would use one value of each cache line it loads), else widened one row at a
+/// time into a buffer.
+struct RowSource<'d, 'v, T> {
+    data: Strided<'d, 'v, T>,
+    rows: std::ops::Range<usize>,
+    cols: usize,
+    cpu: Option<Avx2>,
+    gathered: bool,
+    buffer: Vec<f32>,
+}
+
+impl<'d, 'v, T: Element> RowSource<'d, 'v, T> {
+    fn new(data: Strided<'d, 'v, T>, rows: std::ops::Range<usize>, cols: usize, cpu: Option<Avx2>) -> Self {
+        let gathered = data.col_stride() != 1 && data.col_stride() != -1;
+        let mut buffer = Vec::new();
+        if gathered {
+            data.gather(&data.row_starts(rows.clone()), 0..cols, &mut buffer, cpu);
+        }
+        RowSource { data, rows, cols, cpu, gathered, buffer }
+    }
+
+    /// Row `index` (one of the task's rows).
+    fn row(&mut self, index: usize) -> &[f32] {
+        debug_assert!(self.rows.contains(&index));
+        if self.gathered {
+            let at = (index - self.rows.start) * self.cols;
+            return &self.buffer[at..at + self.cols];
+        }
+        let offset = self.data.row_offset(index);
+        if let Some(slice) = T::as_f32s(self.data.contiguous_run(offset, 0, self.cols).unwrap_or(&[])) {
+            if slice.len() == self.cols {
+                return slice;
+            }
+        }
+        self.data.read_run(offset, 0, self.cols, &mut self.buffer, self.cpu);
+        &self.buffer
+    }
 }
 
 /// The float32 values of `blocks` (`rows × cols` of `ty`), as gguf-py's dequantizer gives them.
@@ -347,14 +400,40 @@ mod tests {
         assert!(e.to_string().contains("multiple of 32"), "{e}");
     }
 
+    /// Transposed (gathered a task at a time) and reversed (one slice read backwards)
+    /// views, float32 and float16, with and without the vector kernels, give their
+    /// contiguous copy's blocks and statistics.
     #[test]
-    fn a_transposed_view_quantizes_like_its_copy() {
+    fn strided_views_quantize_like_their_copy() {
         let data: Vec<f32> = (0..64 * 256).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
-        let strided = TensorView::new(ElemSlice::F32(&data), 0, vec![256, 64], vec![1, 256]).unwrap();
-        let copy: Vec<f32> = (0..256).flat_map(|r| (0..64).map(move |c| (r, c))).map(|(r, c)| data[c * 256 + r]).collect();
-        let contiguous = TensorView::contiguous(ElemSlice::F32(&copy), vec![256, 64]).unwrap();
+        let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let transposed: Vec<usize> = (0..256).flat_map(|r| (0..64).map(move |c| c * 256 + r)).collect();
+        let reversed: Vec<usize> = (0..64).flat_map(|r| (0..256).map(move |c| r * 256 + 255 - c)).collect();
+        for (slice, copy_of) in [(ElemSlice::F32(&data), transposed.clone()), (ElemSlice::F16(&halves), transposed)] {
+            let strided = TensorView::new(slice, 0, vec![256, 64], vec![1, 256]).unwrap();
+            check_against_copy(&strided, &data, &copy_of, vec![256, 64]);
+        }
+        for slice in [ElemSlice::F32(&data), ElemSlice::F16(&halves)] {
+            let strided = TensorView::new(slice, 255, vec![64, 256], vec![256, -1]).unwrap();
+            check_against_copy(&strided, &data, &reversed, vec![64, 256]);
+        }
+    }
+
+    fn check_against_copy(strided: &TensorView<'_>, data: &[f32], copy_of: &[usize], shape: Vec<usize>) {
+        let copy: Vec<f32> = copy_of.iter().map(|&i| data[i]).collect();
+        let copy: Vec<f32> = match strided.dtype() {
+            DType::F16 => copy.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+            _ => copy,
+        };
+        let contiguous = TensorView::contiguous(ElemSlice::F32(&copy), shape).unwrap();
         for t in [GgufType::Q4_0, GgufType::Q8_0] {
-            assert_eq!(quantize(&strided, t, &Fresh, None).unwrap().codes, quantize(&contiguous, t, &Fresh, Avx2::detect()).unwrap().codes);
+            let want = quantize(&contiguous, t, &Fresh, None).unwrap().codes;
+            let want_stats = stats(&contiguous, &want, t, None).unwrap();
+            for cpu in [None, Avx2::detect()] {
+                let got = quantize(strided, t, &Fresh, cpu).unwrap().codes;
+                assert_eq!(got, want, "{t:?} {:?} {}", strided.strides(), cpu.is_some());
+                assert_eq!(stats(strided, &got, t, cpu).unwrap(), want_stats);
+            }
         }
     }
 
