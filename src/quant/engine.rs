@@ -166,7 +166,15 @@ fn quantize_typed<T: Element>(
 
     // Per-tensor needs the global range before any code can be written: one extra pass.
     let fixed = if layout.per_tensor {
-        let ranges = run_chunks(&bounds, |_, e0, e1| tensor_range(&data, &layout, e0, e1, cpu));
+        // A range does not depend on order: a transposed or reversed view that fills one
+        // span of memory is read in memory order (no gather). The flat-order pass below
+        // runs only when that finds a non-finite value, to report the first in flat order.
+        let span = if data.col_stride() != 1 { data.dense_span() } else { None };
+        let in_memory_order = span.map(|span| run_chunks(&bounds, |_, e0, e1| min_max(&span[e0..e1], e0, cpu)));
+        let ranges = match in_memory_order {
+            Some(ranges) if ranges.iter().all(|r| r.is_ok()) => ranges,
+            _ => run_chunks(&bounds, |_, e0, e1| tensor_range(&data, &layout, e0, e1, cpu)),
+        };
         let (mut mn, mut mx) = (0.0f32, 0.0f32);
         for range in ranges {
             let (a, b) = range?;

@@ -459,6 +459,29 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         }
     }
 
+    /// The memory the view's elements fill exactly, when they fill one contiguous span:
+    /// the view is a permutation of a dense block (transposed, reversed, axes reordered),
+    /// every element once, in another order. Order-free passes (a range) read it in
+    /// memory order.
+    pub fn dense_span(&self) -> Option<&'a [T]> {
+        let mut dims: Vec<(usize, usize)> =
+            self.shape.iter().zip(self.strides).filter(|&(&n, _)| n != 1).map(|(&n, &s)| (s.unsigned_abs(), n)).collect();
+        if dims.iter().any(|&(_, n)| n == 0) {
+            return Some(&self.data[..0]);
+        }
+        dims.sort_unstable();
+        let mut len = 1usize;
+        for (stride, n) in dims {
+            if stride != len {
+                return None;
+            }
+            len = len.checked_mul(n)?;
+        }
+        // The lowest address: every reversed axis at its last index.
+        let low = self.shape.iter().zip(self.strides).filter(|&(_, &s)| s < 0).fold(self.origin as isize, |at, (&n, &s)| at + (n as isize - 1) * s);
+        self.data.get(low as usize..low as usize + len)
+    }
+
     /// Whether consecutive rows start one element apart (the rows axis has stride 1, as in
     /// a transposed weight), so a column's values for a run of rows are one short slice.
     pub fn rows_adjacent(&self) -> bool {
@@ -501,5 +524,28 @@ impl<'a, T: Element> Strided<'a, '_, T> {
     pub fn at(&self, index: &[usize]) -> f32 {
         let offset: isize = index.iter().zip(self.strides).map(|(&i, &s)| i as isize * s).sum();
         self.data[(self.origin as isize + offset) as usize].to_f32()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The span a view fills: the whole buffer for a transpose, a reversal or a reversed
+    /// transpose; none for a row slice, a step of 2 or a broadcast axis.
+    #[test]
+    fn dense_spans_are_found_only_for_permutations_of_a_block() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let span = |origin: usize, shape: Vec<usize>, strides: Vec<isize>| {
+            let view = TensorView::new(ElemSlice::F32(&data), origin, shape, strides).unwrap();
+            view.typed::<f32>().unwrap().dense_span().map(|s| (s.as_ptr() as usize - data.as_ptr() as usize) / 4..s.len())
+        };
+        assert_eq!(span(0, vec![4, 6], vec![1, 4]), Some(0..24)); // transposed
+        assert_eq!(span(5, vec![4, 6], vec![6, -1]), Some(0..24)); // last axis reversed
+        assert_eq!(span(23, vec![4, 6], vec![-1, -4]), Some(0..24)); // both, transposed
+        assert_eq!(span(6, vec![3, 6], vec![6, 1]), Some(6..18)); // a block of whole rows
+        assert_eq!(span(0, vec![4, 5], vec![6, 1]), None); // rows sliced
+        assert_eq!(span(0, vec![4, 3], vec![6, 2]), None); // every other column
+        assert_eq!(span(0, vec![4, 6], vec![0, 1]), None); // broadcast rows
     }
 }
