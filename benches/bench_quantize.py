@@ -241,16 +241,28 @@ def main():
     ts = interleaved(strided_rows, args.rounds)
     sbase = ts["quantbridge int4 g128, contiguous (the strided rows' baseline)"]
     table += [(name, args.mib, ts[name] * 1e3, ts[name] / sbase) for name in strided_rows]
+    # The same for a bfloat16 weight (half precision is widened inside the transposes).
+    bf16_transposed = transposed.bfloat16().t().contiguous().t()
+    half_rows = {
+        "quantbridge int4 g128, bfloat16, contiguous (the next row's baseline)": lambda: qb.quantize(halves["bfloat16"]),
+        "quantbridge int4 g128, transposed bfloat16 weight, vs contiguous": lambda: qb.quantize(bf16_transposed),
+    }
+    ts = interleaved(half_rows, args.rounds)
+    hbase = next(iter(ts.values()))
+    table += [(name, args.mib // 2, ts[name] * 1e3, ts[name] / hbase) for name in half_rows]
+    del bf16_transposed
 
     # stats=True against stats=False on the same view (issue 13 asks for 1.15×).
-    for view_name, view in (("contiguous", x), ("transposed torch weight", transposed)):
+    for view_name, view in (("contiguous", x), ("transposed torch weight", transposed),
+                            ("float16 contiguous", halves["float16"]), ("bfloat16 contiguous", halves["bfloat16"])):
         stats_rows = {
             f"quantbridge int4 g128, {view_name}, stats=False (the next row's baseline)": lambda v=view: qb.quantize(v),
             f"quantbridge int4 g128, {view_name}, stats=True, vs stats=False": lambda v=view: qb.quantize(v, stats=True),
         }
         ts = interleaved(stats_rows, args.rounds)
         sbase = next(iter(ts.values()))
-        table += [(name, args.mib, ts[name] * 1e3, ts[name] / sbase) for name in stats_rows]
+        mib = args.mib // 2 if "float16" in view_name else args.mib  # bytes of the view
+        table += [(name, mib, ts[name] * 1e3, ts[name] / sbase) for name in stats_rows]
 
     for mib in (int(m) for m in args.limit_mib.split(",") if m):
         table += read_limit_rows(mib, max(3, args.rounds // 2))
