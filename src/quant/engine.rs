@@ -862,7 +862,8 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
         // read one row at a time, a transposed weight would use one value of each cache
         // line it loads. The tile is row-major, so a non-finite value's index in it is its
         // flat offset from `e`.
-        let rows = if strided && col == 0 { ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS) } else { 0 };
+        let rows =
+            if strided && col == 0 { ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS) } else { 0 };
         if rows >= 2 {
             data.gather(&data.row_starts(row..row + rows), 0..lay.cols, &mut scratch, cpu);
             let (a, b) = min_max(&scratch, e, cpu)?;

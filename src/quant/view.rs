@@ -478,7 +478,8 @@ impl<'a, T: Element> Strided<'a, '_, T> {
             len = len.checked_mul(n)?;
         }
         // The lowest address: every reversed axis at its last index.
-        let low = self.shape.iter().zip(self.strides).filter(|&(_, &s)| s < 0).fold(self.origin as isize, |at, (&n, &s)| at + (n as isize - 1) * s);
+        let reversed = self.shape.iter().zip(self.strides).filter(|&(_, &s)| s < 0);
+        let low = reversed.fold(self.origin as isize, |at, (&n, &s)| at + (n as isize - 1) * s);
         self.data.get(low as usize..low as usize + len)
     }
 
