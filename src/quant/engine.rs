@@ -493,7 +493,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         while e < e1 {
             let len = lay.group_len.min(lay.cols - col).min(e1 - e);
             if strided && col == 0 && !tile_rows.contains(&row) {
-                let rows = ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS);
+                let rows = rows_per_tile(lay, e, e1);
                 if rows >= 2 {
                     self.data.gather(&self.data.row_starts(row..row + rows), 0..lay.cols, &mut tile, self.cpu);
                     tile_rows = row..row + rows;
@@ -847,6 +847,12 @@ fn first_non_finite<S: Element>(xs: &[S], first_index: usize) -> Error {
     }
 }
 
+/// Whole rows a tile gathers from flat element `e` (a row start) of a chunk ending at `e1`.
+#[inline(always)]
+fn rows_per_tile(lay: &Layout, e: usize, e1: usize) -> usize {
+    ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS)
+}
+
 /// Range of flat elements `e0..e1` for per-tensor quantization.
 fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, e1: usize, cpu: Option<Avx2>) -> Result<(f32, f32)> {
     let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
@@ -862,8 +868,7 @@ fn tensor_range<T: Element>(data: &Strided<'_, '_, T>, lay: &Layout, e0: usize, 
         // read one row at a time, a transposed weight would use one value of each cache
         // line it loads. The tile is row-major, so a non-finite value's index in it is its
         // flat offset from `e`.
-        let rows =
-            if strided && col == 0 { ((e1 - e) / lay.cols).min(TILE_ELEMENTS / lay.cols).min(MAX_TILE_ROWS) } else { 0 };
+        let rows = if strided && col == 0 { rows_per_tile(lay, e, e1) } else { 0 };
         if rows >= 2 {
             data.gather(&data.row_starts(row..row + rows), 0..lay.cols, &mut scratch, cpu);
             let (a, b) = min_max(&scratch, e, cpu)?;

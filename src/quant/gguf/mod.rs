@@ -277,8 +277,9 @@ fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |acc, v| acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
 }
 
-/// Error statistics of `blocks` (the quantization of `view` to `ty`), row by row in order
-/// (deterministic, and no more memory than two rows of float32).
+/// Error statistics of `blocks` (the quantization of `view` to `ty`): rows in parallel
+/// tasks, merged in row order (deterministic whatever the thread count; two float32
+/// buffers of a task's rows, or of one row, per thread).
 pub fn stats(view: &TensorView<'_>, blocks: &[u8], ty: GgufType, cpu: Option<Avx2>) -> Result<crate::quant::Stats> {
     match view.dtype() {
         DType::F32 => stats_typed::<f32>(view, blocks, ty, cpu),
