@@ -106,18 +106,28 @@ SET_RACE_SCRIPT = textwrap.dedent("""
     import threading, time
     import numpy as np, torch, quantbridge as qb
     torch.manual_seed(0)
-    for _ in range(3):
-        t = torch.randn(2048, 8192)  # 64 MiB: the call outlasts the other thread's sleep
+    shape = (2048, 8192)  # 64 MiB: the call usually outlasts the other thread's sleep
+    zeros = np.from_dlpack(qb.quantize(torch.zeros(shape), bits=4, group_size=128).codes).copy()
+    held = 0
+    for _ in range(5):
+        t = torch.randn(shape)
         expected = np.from_dlpack(qb.quantize(t.clone(), bits=4, group_size=128).codes).copy()
+        old = t.untyped_storage().data_ptr()
         def repoint():
             time.sleep(0.002)
-            t.set_(torch.zeros(1))  # drops torch's last reference to the old storage
+            t.set_(torch.zeros(shape))  # drops torch's last reference to the old storage
         other = threading.Thread(target=repoint)
         other.start()
         got = np.from_dlpack(qb.quantize(t, bits=4, group_size=128).codes)
         other.join()
-        assert t.shape == (1,), "the other thread did not run"
-        assert np.array_equal(got, expected)
+        assert t.untyped_storage().data_ptr() != old, "the other thread did not run"
+        # The call read the old storage, held to its end, or (on a loaded machine, where
+        # the other thread can run before the export) the new one: never freed memory.
+        if np.array_equal(got, expected):
+            held += 1
+        else:
+            assert np.array_equal(got, zeros), "the call read neither storage"
+    assert held > 0, "the tensor was re-pointed before every call: nothing was tested"
     print("ok")
 """)
 
@@ -125,8 +135,43 @@ SET_RACE_SCRIPT = textwrap.dedent("""
 def test_torch_set_during_a_call_does_not_free_the_memory_being_read():
     # torch's DLPack export shares the tensor object, not its storage: without the storage
     # guard in from_python/dlpack.rs this run reads freed memory (a segfault, measured).
+    # When the other thread re-points the tensor between the guard and the export, the
+    # import exports again (the test failed once on a loaded machine before that).
     out = subprocess.run([sys.executable, "-c", SET_RACE_SCRIPT], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+
+
+class _RepointOnExport(torch.Tensor):
+    """Re-points itself (`set_()`) the first time it is exported, just before the export:
+    what another thread can do while torch's Python `__dlpack__` runs."""
+
+    def __dlpack__(self, *args, **kwargs):
+        if not getattr(self, "_moved", False):
+            self._moved = True
+            self.set_(self._new)
+        return super().__dlpack__(*args, **kwargs)
+
+
+class _RepointOnStorage(torch.Tensor):
+    """Re-points itself the first time its storage is asked for."""
+
+    def untyped_storage(self):
+        if not getattr(self, "_moved", False):
+            self._moved = True
+            self.set_(self._new)
+        return super().untyped_storage()
+
+
+@pytest.mark.parametrize("kind", [_RepointOnExport, _RepointOnStorage])
+def test_a_tensor_repointed_during_the_import_gives_the_new_values(kind):
+    # Each moment the race above can hit, made deterministic: the import must end up
+    # holding the storage its capsule describes (without the re-export, the first kind is
+    # refused as a corrupt description; with the storage taken after the export, the second).
+    old, new = torch.randn(64, 256), torch.randn(64, 256)
+    t = old.clone().as_subclass(kind)
+    t._new = new
+    got = np.from_dlpack(qb.quantize(t, bits=4, group_size=128).codes)
+    assert np.array_equal(got, np.from_dlpack(qb.quantize(new, bits=4, group_size=128).codes))
 
 
 def test_torch_views_are_bounded_by_their_storage():

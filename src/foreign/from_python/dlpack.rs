@@ -155,8 +155,17 @@ fn call_dlpack<'py>(obj: &Bound<'py, PyAny>) -> BridgeResult<Bound<'py, PyAny>> 
     })
 }
 
+/// How many times a torch tensor that another thread re-points mid-import is exported again.
+const REPOINT_RETRIES: u32 = 3;
+
 /// Import `obj` through `__dlpack__`. The caller has checked that the attribute exists.
 pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
+    import_attempt(obj, REPOINT_RETRIES)
+}
+
+/// [`import_dlpack`], exporting again at most `retries` times when a torch tensor's storage
+/// changed between our look at the storage and its export.
+fn import_attempt(obj: &Bound<'_, PyAny>, retries: u32) -> BridgeResult<BorrowedTensor> {
     let py = obj.py();
     if let Ok(device) = obj.call_method0(intern!(py, "__dlpack_device__")) {
         if let Ok((device_type, _id)) = device.extract::<(u32, i32)>() {
@@ -165,6 +174,10 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
             }
         }
     }
+    // The storage is taken before the export: if another thread re-points the tensor
+    // between the two, the export describes memory outside the storage held (refused and
+    // retried below), never memory that nothing holds.
+    let storage = torch_storage(obj);
     let capsule = match call_dlpack(obj) {
         // torch refuses to export a tensor that requires grad; `.detach()` shares its
         // memory without a copy, and quantizing `layer.weight` is the common case. The
@@ -175,7 +188,7 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
             if detached.is(obj) || requires_grad(&detached) {
                 return Err(refusal);
             }
-            return import_dlpack(&detached);
+            return import_attempt(&detached, retries);
         }
         other => other?,
     };
@@ -227,7 +240,6 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
     if unsafe { pyffi::PyCapsule_SetName(capsule.as_ptr(), used.as_ptr()) } != 0 {
         return Err(PyErr::fetch(py).into());
     }
-    let storage = torch_storage(obj);
     let buffer = storage.as_ref().map(|s| (s.start, s.nbytes));
     let owner = Box::new(DlpackOwner {
         managed: if versioned { Managed::Versioned(ptr.cast()) } else { Managed::Legacy(ptr.cast()) },
@@ -254,7 +266,17 @@ pub fn import_dlpack(obj: &Bound<'_, PyAny>) -> BridgeResult<BorrowedTensor> {
         // SAFETY: a "dltensor" capsule holds a DLManagedTensor, alive until its deleter runs.
         unsafe { &(*ptr.cast::<DLManagedTensor>().as_ptr()).dl_tensor }
     };
-    borrow_dltensor(tensor, owner, buffer)
+    let borrowed = borrow_dltensor(tensor, owner, buffer);
+    if let (Err(_), Some((start, _))) = (&borrowed, buffer) {
+        // torch's `__dlpack__` runs Python code, so another thread may `set_()` the tensor
+        // between `untyped_storage()` and the export: the capsule then describes memory
+        // outside the storage we hold, and is refused above (its deleter has run). A
+        // storage that moved meanwhile says that is what happened: export again.
+        if retries > 0 && torch_storage(obj).map(|s| s.start) != Some(start) {
+            return import_attempt(obj, retries - 1);
+        }
+    }
+    borrowed
 }
 
 /// A torch tensor's storage: the object that keeps its memory alive, and that memory.
