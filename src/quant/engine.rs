@@ -96,14 +96,10 @@ impl<'a> Engine<'a> {
     }
 
     /// Quantize `view` to the GGUF block type `ty` (ggml's arithmetic, not the SPEC's);
-    /// with `stats`, the error statistics of its dequantization (an extra read and decode,
-    /// one row at a time).
+    /// with `stats`, the error statistics of its dequantization (each row decoded again
+    /// while it is in cache).
     pub fn quantize_gguf(&self, view: &TensorView<'_>, ty: super::gguf::GgufType, stats: bool) -> Result<Quantized> {
-        let mut q = super::gguf::quantize(view, ty, self.alloc, self.kernel.avx2())?;
-        if stats {
-            q.stats = Some(super::gguf::stats(view, &q.codes, ty, self.kernel.avx2())?);
-        }
-        Ok(q)
+        super::gguf::quantize(view, ty, self.alloc, self.kernel.avx2(), stats)
     }
 }
 

@@ -194,20 +194,25 @@ impl StatsAcc {
 
     /// Account for a run of elements `xs` and their dequantized values `ys`: element `k`
     /// into float64 lane `k % 8`, the lanes folded as [`fold_lanes`] folds them when the
-    /// run is done. A fixed order (so fixed bits) whose eight chains vectorize, where one
-    /// [`Self::add`] per element waits on the previous one.
+    /// run is done. A fixed order (so fixed bits) whose eight chains run as vectors
+    /// ([`Avx2::add_run_lanes`] when `cpu` is given), where one [`Self::add`] per element
+    /// waits on the previous one.
     #[inline(always)]
-    pub fn add_run(&mut self, xs: &[f32], ys: &[f32]) {
+    pub fn add_run(&mut self, xs: &[f32], ys: &[f32], cpu: Option<Avx2>) {
         debug_assert_eq!(xs.len(), ys.len());
         let (mut sq_err, mut sq, mut max_abs) = ([0f64; STAT_LANES], [0f64; STAT_LANES], [0f32; STAT_LANES]);
-        for (x8, y8) in xs.chunks(STAT_LANES).zip(ys.chunks(STAT_LANES)) {
-            for (k, (&x, &y)) in x8.iter().zip(y8).enumerate() {
-                let err = (x - y).abs();
-                sq_err[k] += (err as f64) * (err as f64);
-                sq[k] += (x as f64) * (x as f64);
-                // Compare-and-select (as in `min_max`): NaN-free inputs, and it vectorizes.
-                max_abs[k] = if err > max_abs[k] { err } else { max_abs[k] };
-            }
+        let taken = match cpu {
+            #[cfg(target_arch = "x86_64")]
+            Some(cpu) => cpu.add_run_lanes(xs, ys, &mut sq_err, &mut sq, &mut max_abs),
+            _ => 0,
+        };
+        for (i, (&x, &y)) in xs.iter().zip(ys).enumerate().skip(taken) {
+            let k = i % STAT_LANES;
+            let err = (x - y).abs();
+            sq_err[k] += (err as f64) * (err as f64);
+            sq[k] += (x as f64) * (x as f64);
+            // Compare-and-select (as in `min_max`): NaN-free inputs.
+            max_abs[k] = if err > max_abs[k] { err } else { max_abs[k] };
         }
         self.sum_sq_err += fold_lanes(&sq_err);
         self.sum_sq += fold_lanes(&sq);

@@ -339,6 +339,13 @@ impl Avx2 {
         unsafe { avx2::segment_stats(xs, p, lanes) }
     }
 
+    /// [`avx2::add_run_lanes`].
+    #[inline(always)]
+    pub fn add_run_lanes(self, xs: &[f32], ys: &[f32], sq_err: &mut [f64; 8], sq: &mut [f64; 8], max_abs: &mut [f32; 8]) -> usize {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::add_run_lanes(xs, ys, sq_err, sq, max_abs) }
+    }
+
     /// [`Avx2::encode`] of fewer than 64 elements whose codes fill whole bytes: the
     /// elements are copied into a 64-element block (padded with the first one, whose
     /// extra codes are dropped), so a short group or the end of a row is encoded in
@@ -796,6 +803,53 @@ pub mod avx2 {
             }
             lanes.add_block(&sums);
         }
+    }
+
+    /// [`StatsAcc::add_run`]'s lanes over the whole groups of eight of `xs` and `ys`
+    /// (element `k` of a group into lane `k`): `|x − y|` in float32, its square and `x²`
+    /// in float64 added to the lane's float64 sums, the largest error per lane, exactly as
+    /// the scalar loop computes them (no fused multiply-add). Returns how many elements it
+    /// took; the caller adds the rest.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn add_run_lanes(xs: &[f32], ys: &[f32], sq_err: &mut [f64; 8], sq: &mut [f64; 8], max_abs: &mut [f32; 8]) -> usize {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        // SAFETY: each array holds 8 values; the loads are unaligned.
+        let (mut err_lo, mut err_hi, mut sq_lo, mut sq_hi, mut max) = unsafe {
+            (
+                _mm256_loadu_pd(sq_err.as_ptr()),
+                _mm256_loadu_pd(sq_err.as_ptr().add(4)),
+                _mm256_loadu_pd(sq.as_ptr()),
+                _mm256_loadu_pd(sq.as_ptr().add(4)),
+                _mm256_loadu_ps(max_abs.as_ptr()),
+            )
+        };
+        let (x8s, y8s) = (xs.chunks_exact(8), ys.chunks_exact(8));
+        let taken = x8s.len().min(y8s.len()) * 8;
+        for (x8, y8) in x8s.zip(y8s) {
+            // SAFETY: both chunks hold 8 floats; the loads are unaligned.
+            let (x, y) = unsafe { (_mm256_loadu_ps(x8.as_ptr()), _mm256_loadu_ps(y8.as_ptr())) };
+            let err = _mm256_and_ps(_mm256_sub_ps(x, y), abs_mask);
+            let (e_lo, e_hi) = (_mm256_cvtps_pd(_mm256_castps256_ps128(err)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(err)));
+            let (x_lo, x_hi) = (_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x)));
+            err_lo = _mm256_add_pd(err_lo, _mm256_mul_pd(e_lo, e_lo));
+            err_hi = _mm256_add_pd(err_hi, _mm256_mul_pd(e_hi, e_hi));
+            sq_lo = _mm256_add_pd(sq_lo, _mm256_mul_pd(x_lo, x_lo));
+            sq_hi = _mm256_add_pd(sq_hi, _mm256_mul_pd(x_hi, x_hi));
+            max = _mm256_max_ps(err, max); // err > max ? err : max
+        }
+        // SAFETY: as for the loads.
+        unsafe {
+            _mm256_storeu_pd(sq_err.as_mut_ptr(), err_lo);
+            _mm256_storeu_pd(sq_err.as_mut_ptr().add(4), err_hi);
+            _mm256_storeu_pd(sq.as_mut_ptr(), sq_lo);
+            _mm256_storeu_pd(sq.as_mut_ptr().add(4), sq_hi);
+            _mm256_storeu_ps(max_abs.as_mut_ptr(), max);
+        }
+        taken
     }
 
     /// [`super::Avx2::widen`]: `src` as float32 into `dst`, backwards when `reversed`.

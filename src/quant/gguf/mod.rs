@@ -36,8 +36,6 @@ pub enum GgufType {
     Q6K,
 }
 
-type DequantizeBlock = fn(&[u8], &mut [f32]);
-
 impl GgufType {
     /// Every type, in ggml's numbering order.
     pub const ALL: [GgufType; 8] = [
@@ -118,26 +116,27 @@ impl GgufType {
         }
     }
 
-    /// The block dequantizer. (Quantizers are called by name in [`quantize_row`], so they
-    /// inline into the AVX2 code.)
-    fn dequantizer(self) -> DequantizeBlock {
-        match self {
-            GgufType::Q4_0 => legacy::dequantize_q4_0,
-            GgufType::Q4_1 => legacy::dequantize_q4_1,
-            GgufType::Q5_0 => legacy::dequantize_q5_0,
-            GgufType::Q5_1 => legacy::dequantize_q5_1,
-            GgufType::Q8_0 => legacy::dequantize_q8_0,
-            GgufType::Q4K => kquants::dequantize_q4_k,
-            GgufType::Q5K => kquants::dequantize_q5_k,
-            GgufType::Q6K => kquants::dequantize_q6_k,
-        }
-    }
-
-    /// Decode whole rows' `bytes` into `values` (as many values as the blocks hold).
+    /// Decode whole rows' `bytes` into `values` (as many values as the blocks hold). The
+    /// match is per call and each block function is called by name, so it is inlined into
+    /// its loop (and into [`Avx2::vectorize`]'s code when called there).
+    #[inline(always)]
     fn dequantize_into(self, bytes: &[u8], values: &mut [f32]) {
-        let decode = self.dequantizer();
-        for (b, v) in bytes.chunks_exact(self.type_size()).zip(values.chunks_exact_mut(self.block_size())) {
-            decode(b, v);
+        macro_rules! each {
+            ($f:path) => {
+                for (b, v) in bytes.chunks_exact(self.type_size()).zip(values.chunks_exact_mut(self.block_size())) {
+                    $f(b, v);
+                }
+            };
+        }
+        match self {
+            GgufType::Q4_0 => each!(legacy::dequantize_q4_0),
+            GgufType::Q4_1 => each!(legacy::dequantize_q4_1),
+            GgufType::Q5_0 => each!(legacy::dequantize_q5_0),
+            GgufType::Q5_1 => each!(legacy::dequantize_q5_1),
+            GgufType::Q8_0 => each!(legacy::dequantize_q8_0),
+            GgufType::Q4K => each!(kquants::dequantize_q4_k),
+            GgufType::Q5K => each!(kquants::dequantize_q5_k),
+            GgufType::Q6K => each!(kquants::dequantize_q6_k),
         }
     }
 
@@ -182,19 +181,21 @@ impl GgufType {
 const ROWS_PER_TASK_ELEMENTS: usize = 1 << 16;
 
 /// Quantize `view` to `ty`, rows in parallel, into a buffer from `alloc`: a [`Quantized`]
-/// whose `codes` are the blocks, row after row, exactly as a GGUF file stores them.
-pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator, cpu: Option<Avx2>) -> Result<Quantized> {
+/// whose `codes` are the blocks, row after row, exactly as a GGUF file stores them. With
+/// `stats`, also the error statistics of their dequantization, taken from each row while
+/// it is still in cache: each task's rows on eight float64 lanes (`StatsAcc::add_run`),
+/// the tasks merged in row order, so the bits do not depend on the thread count.
+pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator, cpu: Option<Avx2>, stats: bool) -> Result<Quantized> {
     let (rows, cols) = view.rows_cols();
     ty.check_row(cols)?;
     let row_bytes = ty.row_bytes(cols);
     let mut blocks = alloc.bytes(rows * row_bytes)?;
-    match view.dtype() {
-        DType::F32 => quantize_typed::<f32>(view, ty, &mut blocks, cpu)?,
-        DType::F16 => quantize_typed::<half::f16>(view, ty, &mut blocks, cpu)?,
-        DType::BF16 => quantize_typed::<half::bf16>(view, ty, &mut blocks, cpu)?,
-        DType::F64 => quantize_typed::<f64>(view, ty, &mut blocks, cpu)?,
-    }
-    let (rows, cols) = view.rows_cols();
+    let acc = match view.dtype() {
+        DType::F32 => quantize_typed::<f32>(view, ty, &mut blocks, cpu, stats)?,
+        DType::F16 => quantize_typed::<half::f16>(view, ty, &mut blocks, cpu, stats)?,
+        DType::BF16 => quantize_typed::<half::bf16>(view, ty, &mut blocks, cpu, stats)?,
+        DType::F64 => quantize_typed::<f64>(view, ty, &mut blocks, cpu, stats)?,
+    };
     let granularity = Granularity::Group(ty.block_size());
     Ok(Quantized {
         shape: view.shape().to_vec(),
@@ -204,36 +205,50 @@ pub fn quantize(view: &TensorView<'_>, ty: GgufType, alloc: &dyn Allocator, cpu:
         codes: blocks,
         scales: Scales::F16(Vec::new()),
         zero_points: None,
-        stats: None,
+        stats: stats.then(|| acc.finish(rows * cols)),
         gguf: Some(ty),
     })
 }
 
-fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut [u8], cpu: Option<Avx2>) -> Result<()> {
+/// [`quantize`] for one element type: the statistics' sums (zero without `stats`).
+fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut [u8], cpu: Option<Avx2>, stats: bool) -> Result<StatsAcc> {
     let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
     let (_, cols) = view.rows_cols();
     let row_bytes = ty.row_bytes(cols);
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    blocks.par_chunks_mut(row_bytes * rows_per_task).enumerate().try_for_each(|(task, out)| {
-        let first = task * rows_per_task;
-        let mut source = RowSource::new(data, first..first + out.len() / row_bytes, cols, cpu);
-        for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
-            let index = first + r;
-            let values = source.row(index);
-            let finite = match cpu {
-                // The check and the block functions, inlined here, compiled with AVX2
-                // (ggml's float operations are not reassociated or fused, so the bytes do
-                // not change).
-                Some(cpu) => cpu.vectorize(#[inline(always)] || checked_row(ty, values, out_row)),
-                None => checked_row(ty, values, out_row),
-            };
-            if !finite {
-                let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
+    let parts: Vec<StatsAcc> = blocks
+        .par_chunks_mut(row_bytes * rows_per_task)
+        .enumerate()
+        .map(|(task, out)| {
+            let first = task * rows_per_task;
+            let mut source = RowSource::new(data, first..first + out.len() / row_bytes, cols, cpu);
+            let mut restored = if stats { vec![0f32; cols] } else { Vec::new() };
+            let mut acc = StatsAcc::default();
+            for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
+                let index = first + r;
+                let values = source.row(index);
+                let stats = stats.then_some((&mut restored[..], &mut acc));
+                let finite = match cpu {
+                    // The check, the block functions and the statistics, inlined here,
+                    // compiled with AVX2 (ggml's float operations are not reassociated or
+                    // fused, so the bytes do not change; nor do the sums, whose order is
+                    // fixed).
+                    Some(cpu) => cpu.vectorize(#[inline(always)] || checked_row(ty, values, out_row, stats, Some(cpu))),
+                    None => checked_row(ty, values, out_row, stats, None),
+                };
+                if !finite {
+                    let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                    return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(acc)
+        })
+        .collect::<Result<_>>()?;
+    let mut acc = StatsAcc::default();
+    for part in &parts {
+        acc.merge(part);
+    }
+    Ok(acc)
 }
 
 /// One row's blocks; the match is per row and each block function is called directly, so
@@ -261,13 +276,19 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
     }
 }
 
-/// Quantize a row whose values are all finite; `false` (and nothing written) otherwise.
+/// Quantize a row whose values are all finite, and with `stats` add the error of its
+/// dequantization (decoded into the buffer given) to the sums; `false` (and nothing
+/// written) when a value is not finite.
 #[inline(always)]
-fn checked_row(ty: GgufType, values: &[f32], out: &mut [u8]) -> bool {
+fn checked_row(ty: GgufType, values: &[f32], out: &mut [u8], stats: Option<(&mut [f32], &mut StatsAcc)>, cpu: Option<Avx2>) -> bool {
     if any_non_finite(values) {
         return false;
     }
     quantize_row(ty, values, out);
+    if let Some((restored, acc)) = stats {
+        ty.dequantize_into(out, restored);
+        acc.add_run(values, restored, cpu);
+    }
     true
 }
 
@@ -275,51 +296,6 @@ fn checked_row(ty: GgufType, values: &[f32], out: &mut [u8]) -> bool {
 #[inline(always)]
 fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |acc, v| acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-}
-
-/// Error statistics of `blocks` (the quantization of `view` to `ty`): rows in parallel
-/// tasks, merged in row order (deterministic whatever the thread count; two float32
-/// buffers of a task's rows, or of one row, per thread).
-pub fn stats(view: &TensorView<'_>, blocks: &[u8], ty: GgufType, cpu: Option<Avx2>) -> Result<crate::quant::Stats> {
-    match view.dtype() {
-        DType::F32 => stats_typed::<f32>(view, blocks, ty, cpu),
-        DType::F16 => stats_typed::<half::f16>(view, blocks, ty, cpu),
-        DType::BF16 => stats_typed::<half::bf16>(view, blocks, ty, cpu),
-        DType::F64 => stats_typed::<f64>(view, blocks, ty, cpu),
-    }
-}
-
-fn stats_typed<T: Element>(view: &TensorView<'_>, blocks: &[u8], ty: GgufType, cpu: Option<Avx2>) -> Result<crate::quant::Stats> {
-    let data = view.typed::<T>().ok_or_else(|| Error::Internal("view dtype mismatch".into()))?;
-    let (rows, cols) = view.rows_cols();
-    let row_bytes = ty.row_bytes(cols);
-    let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    // Tasks in parallel, each row's sums on eight lanes (`StatsAcc::add_run`), the tasks
-    // merged in row order: the same bits whatever the thread count.
-    let parts: Vec<StatsAcc> = blocks[..rows * row_bytes]
-        .par_chunks(row_bytes * rows_per_task)
-        .enumerate()
-        .map(|(task, task_blocks)| {
-            let first = task * rows_per_task;
-            let mut source = RowSource::new(data, first..first + task_blocks.len() / row_bytes, cols, cpu);
-            let mut restored = vec![0f32; cols];
-            let mut acc = StatsAcc::default();
-            for (r, bytes) in task_blocks.chunks_exact(row_bytes).enumerate() {
-                ty.dequantize_into(bytes, &mut restored);
-                let xs = source.row(first + r);
-                match cpu {
-                    Some(cpu) => cpu.vectorize(#[inline(always)] || acc.add_run(xs, &restored)),
-                    None => acc.add_run(xs, &restored),
-                }
-            }
-            acc
-        })
-        .collect();
-    let mut acc = StatsAcc::default();
-    for part in &parts {
-        acc.merge(part);
-    }
-    Ok(acc.finish(rows * cols))
 }
 
 /// A task's rows of a view as float32: borrowed in place when they are contiguous float32,
@@ -397,7 +373,7 @@ mod tests {
     fn rows_must_be_whole_blocks() {
         let data = vec![0f32; 3 * 48];
         let view = TensorView::contiguous(ElemSlice::F32(&data), vec![3, 48]).unwrap();
-        let e = quantize(&view, GgufType::Q4_0, &Fresh, None).unwrap_err();
+        let e = quantize(&view, GgufType::Q4_0, &Fresh, None, false).unwrap_err();
         assert!(e.to_string().contains("multiple of 32"), "{e}");
     }
 
@@ -428,12 +404,12 @@ mod tests {
         };
         let contiguous = TensorView::contiguous(ElemSlice::F32(&copy), shape).unwrap();
         for t in [GgufType::Q4_0, GgufType::Q8_0] {
-            let want = quantize(&contiguous, t, &Fresh, None).unwrap().codes;
-            let want_stats = stats(&contiguous, &want, t, None).unwrap();
+            let want = quantize(&contiguous, t, &Fresh, None, true).unwrap();
             for cpu in [None, Avx2::detect()] {
-                let got = quantize(strided, t, &Fresh, cpu).unwrap().codes;
-                assert_eq!(got, want, "{t:?} {:?} {}", strided.strides(), cpu.is_some());
-                assert_eq!(stats(strided, &got, t, cpu).unwrap(), want_stats);
+                let got = quantize(strided, t, &Fresh, cpu, true).unwrap();
+                assert_eq!(got.codes, want.codes, "{t:?} {:?} {}", strided.strides(), cpu.is_some());
+                assert_eq!(got.stats, want.stats);
+                assert_eq!(quantize(strided, t, &Fresh, cpu, false).unwrap().codes, want.codes);
             }
         }
     }
@@ -443,6 +419,6 @@ mod tests {
         let mut data = vec![1f32; 2 * 256];
         data[300] = f32::NAN;
         let view = TensorView::contiguous(ElemSlice::F32(&data), vec![2, 256]).unwrap();
-        assert!(matches!(quantize(&view, GgufType::Q4K, &Fresh, None), Err(Error::NonFinite { index: 300, .. })));
+        assert!(matches!(quantize(&view, GgufType::Q4K, &Fresh, None, true), Err(Error::NonFinite { index: 300, .. })));
     }
 }
