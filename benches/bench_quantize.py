@@ -123,15 +123,20 @@ def in_blocks(candidates: dict[str, callable], repeat: int) -> dict[str, float]:
 def small_calls(rounds: int) -> list[tuple[str, float]]:
     """Microseconds per 16×16 quantize() call and per layer of a 10,000-layer batch."""
     tiny = np.random.default_rng(1).standard_normal((16, 16), dtype=np.float32)
+    tiny_torch = torch.from_numpy(tiny.copy())
     layers = {f"layer{i}": tiny.copy() for i in range(10_000)}
     calls = 2_000
 
-    def many_calls():
-        for _ in range(calls):
-            qb.quantize(tiny)
+    def many_calls(x):
+        def run():
+            for _ in range(calls):
+                qb.quantize(x)
+        return run
 
-    t = interleaved({"call": many_calls, "batch": lambda: qb.quantize_batch(layers)}, rounds)
-    return [("quantize() of one 16x16 tensor, end to end", t["call"] / calls * 1e6),
+    t = interleaved({"call": many_calls(tiny), "torch": many_calls(tiny_torch),
+                     "batch": lambda: qb.quantize_batch(layers)}, rounds)
+    return [("quantize() of one 16x16 numpy array, end to end", t["call"] / calls * 1e6),
+            ("quantize() of one 16x16 torch tensor, end to end", t["torch"] / calls * 1e6),
             ("quantize_batch() of 10,000 16x16 layers, per layer", t["batch"] / len(layers) * 1e6)]
 
 
