@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 
 use crate::foreign::borrowed::BorrowedTensor;
 use crate::foreign::from_python::arrow_tensor::column_tensor;
-use crate::foreign::from_python::{arrow, dlpack::import_dlpack, legacy};
+use crate::foreign::from_python::dlpack::{import_dlpack, refuse_masked_values};
+use crate::foreign::from_python::{arrow, legacy};
 use crate::foreign::{BridgeError, BridgeResult};
 
 /// A borrowed tensor and what it cost to get it.
@@ -30,6 +31,7 @@ impl Imported {
 /// Borrow `obj`'s memory through the first protocol it speaks.
 pub fn import_tensor(obj: &Bound<'_, PyAny>) -> BridgeResult<Imported> {
     let py = obj.py();
+    refuse_masked_values(obj)?;
     if obj.hasattr(intern!(py, "__dlpack__"))? {
         return match import_dlpack(obj) {
             Ok(t) => Ok(Imported::borrowed(t)),

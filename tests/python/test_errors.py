@@ -90,3 +90,17 @@ def test_rust_panic_is_contained_as_quantization_error():
     assert not isinstance(info.value, qb.ValidationError)
     # The interpreter is fine and the engine still works afterwards.
     assert qb.quantize(np.ones(8, np.float32)).bits == 4
+
+
+def test_masked_values_are_refused_not_quantized_as_valid():
+    # DLPack carries no mask: numpy.from_dlpack and torch.from_dlpack both read the data.
+    data = np.arange(16, dtype=np.float32).reshape(2, 8)
+    masked = np.ma.masked_array(data, mask=np.arange(16).reshape(2, 8) == 5)
+    with pytest.raises(qb.ValidationError, match=r"masked array with 1 masked value.*x\.filled"):
+        qb.quantize(masked, bits=4, group_size=8)
+    with pytest.raises(qb.BatchQuantizationError, match="w: found a numpy masked array"):
+        qb.quantize_batch({"w": masked}, bits=4, group_size=8)
+    # Nothing masked (an explicit all-False mask, or none): the data is the tensor.
+    for clean in (np.ma.masked_array(data, mask=False), np.ma.masked_array(data)):
+        got = np.from_dlpack(qb.quantize(clean, bits=4, group_size=8).codes)
+        np.testing.assert_array_equal(got, np.from_dlpack(qb.quantize(data, bits=4, group_size=8).codes))

@@ -19,7 +19,7 @@ use pyo3::ffi as pyffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::foreign::borrowed::{BorrowedTensor, Owner, RawTensor};
 use crate::foreign::capsule_names::{DLTENSOR, DLTENSOR_VERSIONED, USED_DLTENSOR, USED_DLTENSOR_VERSIONED};
@@ -383,8 +383,19 @@ fn refuse_negative_view(obj: &Bound<'_, PyAny>) -> BridgeResult<()> {
 /// `torch.Tensor`, once torch has been imported by someone; never imports it ourselves.
 fn torch_tensor_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
     static TENSOR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    loaded_type(py, &TENSOR, intern!(py, "torch"), intern!(py, "Tensor"))
+}
+
+/// `module.name` once `module` is in `sys.modules` (cached in `cell` from then on); never
+/// imports it ourselves, so a caller without torch pays one dict lookup, not an import.
+pub(crate) fn loaded_type<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    module: &Bound<'py, PyString>,
+    name: &Bound<'py, PyString>,
+) -> Option<&'py Bound<'py, PyType>> {
     static MODULES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
-    if let Some(t) = TENSOR.get(py) {
+    if let Some(t) = cell.get(py) {
         return Some(t.bind(py));
     }
     let modules = MODULES
@@ -394,9 +405,41 @@ fn torch_tensor_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
         })
         .ok()?
         .bind(py);
-    let torch = modules.get_item(intern!(py, "torch")).ok()??;
-    let tensor = torch.getattr(intern!(py, "Tensor")).ok()?.cast_into::<PyType>().ok()?;
-    Some(TENSOR.get_or_init(py, || tensor.unbind()).bind(py))
+    let loaded = modules.get_item(module).ok()??;
+    let class = loaded.getattr(name).ok()?.cast_into::<PyType>().ok()?;
+    Some(cell.get_or_init(py, || class.unbind()).bind(py))
+}
+
+/// Refuse a numpy masked array with masked elements: DLPack and the buffer protocol export
+/// its data alone, so the masked values (whatever they hold) would be quantized as valid.
+/// Arrow nulls are refused the same way.
+pub(crate) fn refuse_masked_values(obj: &Bound<'_, PyAny>) -> BridgeResult<()> {
+    static NDARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static MASKED_ARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    // Only a subclass of ndarray can be a masked array: plain arrays and every other
+    // producer pass with a type comparison (numpy.ma is not even loaded in most programs).
+    let Some(ndarray) = loaded_type(py, &NDARRAY, intern!(py, "numpy"), intern!(py, "ndarray")) else {
+        return Ok(());
+    };
+    let class = obj.get_type();
+    if class.is(ndarray) || !class.is_subclass(ndarray)? {
+        return Ok(());
+    }
+    let Some(masked_array) = loaded_type(py, &MASKED_ARRAY, intern!(py, "numpy.ma"), intern!(py, "MaskedArray")) else {
+        return Ok(());
+    };
+    if !obj.is_instance(masked_array)? {
+        return Ok(());
+    }
+    let masked: usize = obj.getattr(intern!(py, "mask"))?.call_method0(intern!(py, "sum"))?.extract()?;
+    if masked > 0 {
+        return Err(BridgeError::refused(format!("a numpy masked array with {masked} masked value(s)"),
+            "no masked values (DLPack carries no mask, so they would be quantized as valid)",
+            "fill them (x.filled(value)), or pass x.data to quantize what the masked slots hold",
+        ));
+    }
+    Ok(())
 }
 
 /// Validate a producer's `DLTensor` and wrap it in the guard; `buffer` is the producer's
