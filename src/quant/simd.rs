@@ -346,6 +346,24 @@ impl Avx2 {
         unsafe { avx2::add_run_lanes(xs, ys, sq_err, sq, max_abs) }
     }
 
+    /// [`avx2::qkx2_search`]: ggml's K-quant scale search for a super-block's eight
+    /// sub-blocks, one per lane.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkx2_search(
+        self,
+        nmax: i32,
+        x: &[[f32; 8]; 32],
+        weights: &[[f32; 8]; 32],
+        l_out: &mut [[u8; 8]; 32],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+    ) -> ([f32; 8], [f32; 8]) {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::qkx2_search(nmax, x, weights, l_out, rmin, rdelta, nstep) }
+    }
+
     /// [`Avx2::encode`] of fewer than 64 elements whose codes fill whole bytes: the
     /// elements are copied into a 64-element block (padded with the first one, whose
     /// extra codes are dropped), so a short group or the end of a row is encoded in
@@ -850,6 +868,113 @@ pub mod avx2 {
             _mm256_storeu_ps(max_abs.as_mut_ptr(), max);
         }
         taken
+    }
+
+    /// [`crate::quant::gguf::kquants`]' candidate-scale search (ggml's `make_qkx2_quants`)
+    /// for a super-block's eight sub-blocks at once, sub-block `k` in lane `k`; the same
+    /// contract and the same bits as the portable `make_qkx2_quants_lanes`, whose comments
+    /// say how ggml's branches become per-lane selects. Every float operation is the scalar
+    /// search's, in its order: `min_ps(v, m)` is `v < m ? v : m` and `max_ps(v, m)` is
+    /// `v > m ? v : m`, as the scalar compare-and-select; no fused multiply-add.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn qkx2_search(
+        nmax: i32,
+        x: &[[f32; 8]; 32],
+        weights: &[[f32; 8]; 32],
+        l_out: &mut [[u8; 8]; 32],
+        rmin: f32,
+        rdelta: f32,
+        nstep: i32,
+    ) -> ([f32; 8], [f32; 8]) {
+        // SAFETY: every row holds 8 floats; the load is unaligned.
+        let load = |row: &[f32; 8]| unsafe { _mm256_loadu_ps(row.as_ptr()) };
+        let zero = _mm256_setzero_ps();
+        // ggml's nearest_int (2^23 + 2^22 added, the mantissa read back), clamped to
+        // 0..=nmax, as a float.
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let mantissa = _mm256_set1_epi32(0x007f_ffff);
+        let bias = _mm256_set1_epi32(0x0040_0000);
+        let top = _mm256_set1_epi32(nmax);
+        let code = |v: __m256| {
+            let l = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mantissa), bias);
+            _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(l, _mm256_setzero_si256()), top))
+        };
+        let (mut min, mut max, mut sum_w) = (load(&x[0]), load(&x[0]), load(&weights[0]));
+        let mut sum_x = _mm256_mul_ps(sum_w, min);
+        for i in 1..32 {
+            let (v, w) = (load(&x[i]), load(&weights[i]));
+            min = _mm256_min_ps(v, min);
+            max = _mm256_max_ps(v, max);
+            sum_w = _mm256_add_ps(sum_w, w);
+            sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w, v));
+        }
+        min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min, zero));
+        let flat = _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min);
+        let flat_min = min;
+        let mut iscale = _mm256_div_ps(_mm256_set1_ps(nmax as f32), _mm256_sub_ps(max, min));
+        let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
+        let mut best_error = zero;
+        let mut best = [zero; 32];
+        for i in 0..32 {
+            let (v, w) = (load(&x[i]), load(&weights[i]));
+            let l = code(_mm256_mul_ps(iscale, _mm256_sub_ps(v, min)));
+            best[i] = l;
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, l), min), v);
+            best_error = _mm256_add_ps(best_error, _mm256_mul_ps(w, _mm256_mul_ps(diff, diff)));
+        }
+        let mut laux = [zero; 32];
+        for is in 0..=nstep {
+            let numerator = rmin + rdelta * is as f32 + nmax as f32;
+            iscale = _mm256_div_ps(_mm256_set1_ps(numerator), _mm256_sub_ps(max, min));
+            let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+            for i in 0..32 {
+                let (v, w) = (load(&x[i]), load(&weights[i]));
+                let l = code(_mm256_mul_ps(iscale, _mm256_sub_ps(v, min)));
+                laux[i] = l;
+                let wl = _mm256_mul_ps(w, l);
+                sum_l = _mm256_add_ps(sum_l, wl);
+                sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, l));
+                sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, v));
+            }
+            let det = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
+            let mut this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), det);
+            let mut this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), det);
+            let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min, zero);
+            this_min = _mm256_blendv_ps(this_min, zero, positive);
+            this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), positive);
+            let mut cur_error = zero;
+            for i in 0..32 {
+                let (v, w) = (load(&x[i]), load(&weights[i]));
+                let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min), v);
+                cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(w, _mm256_mul_ps(diff, diff)));
+            }
+            let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(det, zero), _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error, best_error));
+            for i in 0..32 {
+                best[i] = _mm256_blendv_ps(best[i], laux[i], better);
+            }
+            best_error = _mm256_blendv_ps(best_error, cur_error, better);
+            scale = _mm256_blendv_ps(scale, this_scale, better);
+            min = _mm256_blendv_ps(min, this_min, better);
+        }
+        for (row, &l) in l_out.iter_mut().zip(&best) {
+            let mut codes = [0i32; 8];
+            // SAFETY: `codes` holds 8 i32s; the store is unaligned.
+            unsafe { _mm256_storeu_si256(codes.as_mut_ptr().cast(), _mm256_cvttps_epi32(_mm256_andnot_ps(flat, l))) };
+            *row = codes.map(|c| c as u8);
+        }
+        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+        let negated = _mm256_xor_ps(_mm256_blendv_ps(min, flat_min, flat), _mm256_set1_ps(-0.0));
+        // SAFETY: both arrays hold 8 floats; the stores are unaligned.
+        unsafe {
+            _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_andnot_ps(flat, scale));
+            _mm256_storeu_ps(mins.as_mut_ptr(), negated);
+        }
+        (scales, mins)
     }
 
     /// [`super::Avx2::widen`]: `src` as float32 into `dst`, backwards when `reversed`.

@@ -5,6 +5,8 @@
 
 use half::f16;
 
+use crate::quant::simd::Avx2;
+
 /// Values per super-block.
 pub const QK_K: usize = 256;
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -22,9 +24,9 @@ fn f16_round(x: f32) -> f32 {
 }
 
 /// ggml's `make_qkx2_quants`: codes `l` in `0..=nmax` and `(scale, −min)` for `x`, the
-/// weighted least-squares refinement over `nstep + 1` candidate scales.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
+/// weighted least-squares refinement over `nstep + 1` candidate scales. The scalar
+/// transcription, kept as the oracle [`make_qkx2_quants_lanes`] is tested against.
+#[cfg(test)]
 fn make_qkx2_quants(nmax: i32, x: &[f32; 32], weights: &[f32; 32], l_out: &mut [u8; 32], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
@@ -92,6 +94,118 @@ fn make_qkx2_quants(nmax: i32, x: &[f32; 32], weights: &[f32; 32], l_out: &mut [
         }
     }
     (scale, -min)
+}
+
+/// The sub-blocks of a super-block, searched at once by [`make_qkx2_quants_lanes`].
+const SUBS: usize = 8;
+
+/// One value per sub-block.
+type Lanes = [f32; SUBS];
+
+/// `f` of every lane.
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
+    std::array::from_fn(f)
+}
+
+/// ggml's `make_qkx2_quants` for the eight sub-blocks of a super-block at once, sub-block
+/// `k` in lane `k` (`x[i][k]` is its element `i`): `(scale, −min)` per lane, codes in
+/// `l_out[i][k]`.
+///
+/// Every lane runs the scalar search's float32 operations in its order, so the bits are
+/// ggml's; its branches (a flat sub-block, `det > 0`, a positive `min`, a better candidate)
+/// become per-lane selects, so the 21 candidates × 32 values run as 8-lane vectors instead of
+/// one scalar chain per sub-block (the search was nearly all of a Q4_K run). As in ggml,
+/// a better candidate's `min` is used by the candidates after it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn make_qkx2_quants_lanes(
+    nmax: i32,
+    x: &[Lanes; 32],
+    weights: &[Lanes; 32],
+    l_out: &mut [[u8; SUBS]; 32],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (Lanes, Lanes) {
+    let code = |v: f32| nearest_int(v).clamp(0, nmax) as f32;
+    let (mut min, mut max, mut sum_w) = (x[0], x[0], weights[0]);
+    let mut sum_x = lanes(|k| sum_w[k] * x[0][k]);
+    for i in 1..32 {
+        for k in 0..SUBS {
+            let v = x[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            sum_w[k] += weights[i][k];
+            sum_x[k] += weights[i][k] * v;
+        }
+    }
+    min = lanes(|k| if min[k] > 0.0 { 0.0 } else { min[k] });
+    // A flat sub-block returns at once in ggml; here its lane runs on (on infinities, all
+    // discarded) and is set at the end.
+    let flat: [bool; SUBS] = std::array::from_fn(|k| max[k] == min[k]);
+    let mut iscale = lanes(|k| nmax as f32 / (max[k] - min[k]));
+    let mut scale = lanes(|k| 1.0 / iscale[k]);
+    let mut best_error = [0f32; SUBS];
+    let mut best = [[0f32; SUBS]; 32];
+    for i in 0..32 {
+        for k in 0..SUBS {
+            let l = code(iscale[k] * (x[i][k] - min[k]));
+            best[i][k] = l;
+            let diff = scale[k] * l + min[k] - x[i][k];
+            best_error[k] += weights[i][k] * (diff * diff);
+        }
+    }
+    let mut laux = [[0f32; SUBS]; 32];
+    for is in 0..=nstep {
+        let numerator = rmin + rdelta * is as f32 + nmax as f32;
+        iscale = lanes(|k| numerator / (max[k] - min[k]));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; SUBS], [0f32; SUBS], [0f32; SUBS]);
+        for i in 0..32 {
+            let (xi, wi) = (&x[i], &weights[i]);
+            let l = lanes(|k| code(iscale[k] * (xi[k] - min[k])));
+            let wl = lanes(|k| wi[k] * l[k]);
+            sum_l = lanes(|k| sum_l[k] + wl[k]);
+            sum_l2 = lanes(|k| sum_l2[k] + wl[k] * l[k]);
+            sum_xl = lanes(|k| sum_xl[k] + wl[k] * xi[k]);
+            laux[i] = l;
+        }
+        let det = lanes(|k| sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k]);
+        let mut this_scale = lanes(|k| (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / det[k]);
+        let mut this_min = lanes(|k| (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / det[k]);
+        for k in 0..SUBS {
+            if this_min[k] > 0.0 {
+                this_min[k] = 0.0;
+                this_scale[k] = sum_xl[k] / sum_l2[k];
+            }
+        }
+        let mut cur_error = [0f32; SUBS];
+        for i in 0..32 {
+            for k in 0..SUBS {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
+                cur_error[k] += weights[i][k] * (diff * diff);
+            }
+        }
+        let better: [bool; SUBS] = std::array::from_fn(|k| det[k] > 0.0 && cur_error[k] < best_error[k]);
+        for i in 0..32 {
+            for k in 0..SUBS {
+                best[i][k] = if better[k] { laux[i][k] } else { best[i][k] };
+            }
+        }
+        for k in 0..SUBS {
+            if better[k] {
+                best_error[k] = cur_error[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
+            }
+        }
+    }
+    for i in 0..32 {
+        for k in 0..SUBS {
+            l_out[i][k] = if flat[k] { 0 } else { best[i][k] as u8 };
+        }
+    }
+    (lanes(|k| if flat[k] { 0.0 } else { scale[k] }), lanes(|k| -min[k]))
 }
 
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (what Q6_K uses):
@@ -184,23 +298,29 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 /// every code recomputed from the stored (rounded) scales, as ggml does. Writes `d`, `dmin`
 /// and the 12 scale bytes into `head` (16 bytes) and returns the codes.
 #[inline(always)]
-fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
+fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8], cpu: Option<Avx2>) -> [u8; QK_K] {
     let x: &[f32; QK_K] = x.try_into().expect("a super-block");
     let mut l = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-    let mut weights = [0f32; 32];
-    for j in 0..8 {
-        let sub: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
-        let mut sum_x2 = 0f32;
-        for &v in sub {
-            sum_x2 += v * v;
+    // Sub-block k's element i in lane k of row i, and ggml's weights `av_x + |x|`.
+    let xs: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| x[32 * k + i]));
+    let mut sum_x2 = [0f32; SUBS];
+    for row in &xs {
+        for k in 0..SUBS {
+            sum_x2[k] += row[k] * row[k];
         }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(sub) {
-            *w = av_x + v.abs();
+    }
+    let av_x = lanes(|k| (sum_x2[k] / 32.0).sqrt());
+    let weights: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| av_x[k] + xs[i][k].abs()));
+    let mut codes = [[0u8; SUBS]; 32];
+    let (scales, mins) = match cpu {
+        #[cfg(target_arch = "x86_64")]
+        Some(cpu) => cpu.qkx2_search(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep),
+        _ => make_qkx2_quants_lanes(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep),
+    };
+    for (i, row) in codes.iter().enumerate() {
+        for k in 0..SUBS {
+            l[32 * k + i] = row[k];
         }
-        let codes: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 codes");
-        (scales[j], mins[j]) = make_qkx2_quants(nmax, sub, &weights, codes, rmin, 0.1, nstep);
     }
     let (max_scale, max_min) = pack_scales_mins(&scales, &mins, &mut head[4..16]);
     head[..2].copy_from_slice(&f16::from_f32(max_scale / 63.0).to_le_bytes());
@@ -222,8 +342,8 @@ fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -
 
 /// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles. 144 bytes.
 #[inline(always)]
-pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
-    let l = k_block_codes(x, 15, -1.0, 20, &mut out[..16]);
+pub fn quantize_q4_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
+    let l = k_block_codes(x, 15, -1.0, 20, &mut out[..16], cpu);
     let qs = &mut out[16..144];
     for (chunk, q) in l.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
         for i in 0..32 {
@@ -234,8 +354,8 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
 
 /// Q5_K: as Q4_K plus 32 bytes of fifth bits. 176 bytes.
 #[inline(always)]
-pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
-    let l = k_block_codes(x, 31, -0.5, 15, &mut out[..16]);
+pub fn quantize_q5_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
+    let l = k_block_codes(x, 31, -0.5, 15, &mut out[..16], cpu);
     let (qh, ql) = out[16..176].split_at_mut(32);
     qh.fill(0);
     let (mut m1, mut m2) = (1u8, 2u8);
@@ -360,12 +480,71 @@ mod tests {
         assert_eq!([nearest_int(0.5), nearest_int(1.5), nearest_int(-0.5), nearest_int(2.4)], [0, 2, 0, 2]);
     }
 
+    /// Sub-blocks that take every branch of the search: random scales and offsets, all
+    /// positive (min clamped to 0), flat (constant, zero), ties and a lone outlier.
+    fn sub_blocks(seed: u64) -> Vec<[f32; 32]> {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 // in [0, 1)
+        };
+        let mut blocks = Vec::new();
+        for case in 0..4096 {
+            let (scale, offset) = (10f32.powf(next() * 8.0 - 4.0), next() * 4.0 - 2.0);
+            let mut b: [f32; 32] = std::array::from_fn(|_| (next() * 2.0 - 1.0 + offset) * scale);
+            match case % 8 {
+                0 => b = [offset * scale; 32],
+                1 => b = [0.0; 32],
+                2 => b.iter_mut().for_each(|v| *v = v.abs() + scale),
+                3 => b.iter_mut().for_each(|v| *v = (*v * 4.0 / scale).round() * 0.25),
+                4 => b[(next() * 32.0) as usize] = 1e3 * scale,
+                _ => {}
+            }
+            blocks.push(b);
+        }
+        blocks
+    }
+
+    /// The portable lanes and, where the CPU has it, the AVX2 kernel (a CPU without AVX2
+    /// checks the portable path alone).
+    #[test]
+    fn the_lane_search_is_the_scalar_search_bit_for_bit() {
+        let blocks = sub_blocks(0x9e37_79b9_7f4a_7c15);
+        for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15)] {
+            for eight in blocks.chunks_exact(SUBS) {
+                let xs: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| eight[k][i]));
+                let weights: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| 0.5 + (i as f32 * 0.37 + k as f32).sin().abs() * xs[i][k].abs()));
+                let mut codes = [[0u8; SUBS]; 32];
+                let portable = make_qkx2_quants_lanes(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep);
+                #[allow(unused_mut)]
+                let mut searches = vec![("portable", portable, codes)];
+                #[cfg(target_arch = "x86_64")]
+                if let Some(cpu) = Avx2::detect() {
+                    let found = cpu.qkx2_search(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep);
+                    searches.push(("avx2", found, codes));
+                }
+                for k in 0..SUBS {
+                    let w: [f32; 32] = std::array::from_fn(|i| weights[i][k]);
+                    let mut want = [0u8; 32];
+                    let (scale, min) = make_qkx2_quants(nmax, &eight[k], &w, &mut want, rmin, 0.1, nstep);
+                    for (path, (scales, mins), codes) in &searches {
+                        let got = (scales[k].to_bits(), mins[k].to_bits());
+                        assert_eq!(got, (scale.to_bits(), min.to_bits()), "{path}: {:?}", eight[k]);
+                        assert_eq!(std::array::from_fn::<u8, 32, _>(|i| codes[i][k]), want, "{path}: {:?}", eight[k]);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn k_quants_reproduce_a_smooth_block_closely() {
         let x: Vec<f32> = (0..QK_K).map(|i| ((i as f32) * 0.37).sin()).collect();
         for (q, dq, size, tol) in [
-            (quantize_q4_k as fn(&[f32], &mut [u8]), dequantize_q4_k as fn(&[u8], &mut [f32]), 144, 0.1),
-            (quantize_q5_k, dequantize_q5_k, 176, 0.05),
+            ((|x, o| quantize_q4_k(x, o, Avx2::detect())) as fn(&[f32], &mut [u8]), dequantize_q4_k as fn(&[u8], &mut [f32]), 144, 0.1),
+            (|x, o| quantize_q5_k(x, o, Avx2::detect()), dequantize_q5_k, 176, 0.05),
             (quantize_q6_k, dequantize_q6_k, 210, 0.03),
         ] {
             let mut b = vec![0u8; size];

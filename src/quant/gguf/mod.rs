@@ -254,10 +254,10 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
 /// One row's blocks; the match is per row and each block function is called directly, so
 /// it is inlined into its loop (and into [`Avx2::vectorize`]'s AVX2 code).
 #[inline(always)]
-fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
+fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
     let (block, size) = (ty.block_size(), ty.type_size());
     macro_rules! each {
-        ($f:path) => {
+        ($f:expr) => {
             for b in 0..values.len() / block {
                 $f(&values[b * block..(b + 1) * block], &mut out[b * size..(b + 1) * size]);
             }
@@ -270,8 +270,8 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8]) {
         GgufType::Q5_1 => each!(legacy::quantize_q5_1),
         // Whole rows: it batches its scale divisions across blocks.
         GgufType::Q8_0 => legacy::quantize_q8_0(values, out),
-        GgufType::Q4K => each!(kquants::quantize_q4_k),
-        GgufType::Q5K => each!(kquants::quantize_q5_k),
+        GgufType::Q4K => each!(|x, out| kquants::quantize_q4_k(x, out, cpu)),
+        GgufType::Q5K => each!(|x, out| kquants::quantize_q5_k(x, out, cpu)),
         GgufType::Q6K => each!(kquants::quantize_q6_k),
     }
 }
@@ -284,7 +284,7 @@ fn checked_row(ty: GgufType, values: &[f32], out: &mut [u8], stats: Option<(&mut
     if any_non_finite(values) {
         return false;
     }
-    quantize_row(ty, values, out);
+    quantize_row(ty, values, out, cpu);
     if let Some((restored, acc)) = stats {
         ty.dequantize_into(out, restored);
         acc.add_run(values, restored, cpu);
