@@ -364,6 +364,13 @@ impl Avx2 {
         unsafe { avx2::qkx2_search(nmax, x, weights, l_out, rmin, rdelta, nstep) }
     }
 
+    /// [`avx2::qx_search`]: ggml's Q6_K scale search for eight sub-blocks, one per lane.
+    #[inline(always)]
+    pub fn qx_search(self, nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // SAFETY: `self` proves the CPU supports AVX2.
+        unsafe { avx2::qx_search(nmax, x, l_out) }
+    }
+
     /// [`Avx2::encode`] of fewer than 64 elements whose codes fill whole bytes: the
     /// elements are copied into a 64-element block (padded with the first one, whose
     /// extra codes are dropped), so a short group or the end of a row is encoded in
@@ -975,6 +982,83 @@ pub mod avx2 {
             _mm256_storeu_ps(mins.as_mut_ptr(), negated);
         }
         (scales, mins)
+    }
+
+    /// [`crate::quant::gguf::kquants`]' Q6_K search (ggml's `make_qx_quants`, `rmse_type =
+    /// 1`, no weights) for eight 16-value sub-blocks at once, sub-block `k` in lane `k`; the
+    /// same contract and bits as the portable `make_qx_quants_lanes`. As [`qkx2_search`]:
+    /// the scalar operations in their order, branches as per-lane selects.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn qx_search(nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+        // SAFETY: every row holds 8 floats; the load is unaligned.
+        let load = |row: &[f32; 8]| unsafe { _mm256_loadu_ps(row.as_ptr()) };
+        let zero = _mm256_setzero_ps();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let mantissa = _mm256_set1_epi32(0x007f_ffff);
+        let bias = _mm256_set1_epi32(0x0040_0000);
+        let (low, high) = (_mm256_set1_epi32(-nmax), _mm256_set1_epi32(nmax - 1));
+        // ggml's nearest_int clamped to -nmax..=nmax-1, as a float.
+        let code = |v: __m256| {
+            let l = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mantissa), bias);
+            _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(l, low), high))
+        };
+        let (mut max, mut amax) = (zero, zero);
+        for row in x {
+            let v = load(row);
+            let a = _mm256_and_ps(v, abs_mask);
+            let larger = _mm256_cmp_ps::<_CMP_GT_OQ>(a, amax);
+            amax = _mm256_blendv_ps(amax, a, larger);
+            max = _mm256_blendv_ps(max, v, larger);
+        }
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(crate::quant::gguf::kquants::GROUP_MAX_EPS));
+        let search = |iscale: __m256, codes: &mut [__m256; 16]| {
+            let (mut sumlx, mut suml2) = (zero, zero);
+            for (row, out) in x.iter().zip(codes.iter_mut()) {
+                let v = load(row);
+                let l = code(_mm256_mul_ps(iscale, v));
+                *out = l;
+                let w = _mm256_mul_ps(v, v);
+                sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, v), l));
+                suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, l), l));
+            }
+            (sumlx, suml2)
+        };
+        let mut best = [zero; 16];
+        let (sumlx, suml2) = search(_mm256_div_ps(_mm256_set1_ps(-(nmax as f32)), max), &mut best);
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
+        let mut scale = _mm256_and_ps(nonzero, _mm256_div_ps(sumlx, suml2));
+        let mut best_fit = _mm256_mul_ps(scale, sumlx);
+        let mut laux = [zero; 16];
+        for is in (-9i32..=9).filter(|&is| is != 0) {
+            let numerator = -(nmax as f32 + 0.1f32 * is as f32);
+            let (sumlx, suml2) = search(_mm256_div_ps(_mm256_set1_ps(numerator), max), &mut laux);
+            let better = _mm256_and_ps(
+                _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
+                _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best_fit, suml2)),
+            );
+            for (kept, &l) in best.iter_mut().zip(&laux) {
+                *kept = _mm256_blendv_ps(*kept, l, better);
+            }
+            scale = _mm256_blendv_ps(scale, _mm256_div_ps(sumlx, suml2), better);
+            best_fit = _mm256_blendv_ps(best_fit, _mm256_mul_ps(scale, sumlx), better);
+        }
+        let offset = _mm256_set1_epi32(nmax);
+        for (row, &l) in l_out.iter_mut().zip(&best) {
+            let mut codes = [0i32; 8];
+            let stored = _mm256_andnot_si256(_mm256_castps_si256(tiny), _mm256_add_epi32(_mm256_cvttps_epi32(l), offset));
+            // SAFETY: `codes` holds 8 i32s; the store is unaligned.
+            unsafe { _mm256_storeu_si256(codes.as_mut_ptr().cast(), stored) };
+            *row = codes.map(|c| c as i8);
+        }
+        let mut scales = [0f32; 8];
+        // SAFETY: `scales` holds 8 floats; the store is unaligned.
+        unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_andnot_ps(tiny, scale)) };
+        scales
     }
 
     /// [`super::Avx2::widen`]: `src` as float32 into `dst`, backwards when `reversed`.

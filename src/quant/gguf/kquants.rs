@@ -9,7 +9,7 @@ use crate::quant::simd::Avx2;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: round to nearest (even) through the float adder, with its
 /// out-of-range behaviour (|x| > 4194303 wraps) reproduced bit for bit.
@@ -209,8 +209,9 @@ fn make_qkx2_quants_lanes(
 }
 
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (what Q6_K uses):
-/// signed codes stored as `l + nmax` and the scale.
-#[inline(always)]
+/// signed codes stored as `l + nmax` and the scale. The scalar transcription, kept as the
+/// oracle [`make_qx_quants_lanes`] is tested against.
+#[cfg(test)]
 fn make_qx_quants(nmax: i32, x: &[f32; 16], l_out: &mut [i8; 16]) -> f32 {
     let n = x.len();
     let (mut max, mut amax) = (0f32, 0f32);
@@ -259,6 +260,65 @@ fn make_qx_quants(nmax: i32, x: &[f32; 16], l_out: &mut [i8; 16]) -> f32 {
         }
     }
     scale
+}
+
+/// ggml's `make_qx_quants` (`rmse_type = 1`, no weights) for eight of Q6_K's 16-value
+/// sub-blocks at once, sub-block `k` in lane `k` (`x[i][k]` is its element `i`): the scale
+/// per lane, codes (`l + nmax`) in `l_out[i][k]`. As [`make_qkx2_quants_lanes`], every
+/// lane runs the scalar search's operations in its order and its branches become selects.
+#[inline(always)]
+fn make_qx_quants_lanes(nmax: i32, x: &[Lanes; 16], l_out: &mut [[i8; SUBS]; 16]) -> Lanes {
+    let code = |v: f32| nearest_int(v).clamp(-nmax, nmax - 1) as f32;
+    let (mut max, mut amax) = ([0f32; SUBS], [0f32; SUBS]);
+    for row in x {
+        for k in 0..SUBS {
+            if row[k].abs() > amax[k] {
+                amax[k] = row[k].abs();
+                max[k] = row[k];
+            }
+        }
+    }
+    // A sub-block below the threshold returns zeros at once in ggml; its lane runs on and
+    // is set at the end.
+    let tiny: [bool; SUBS] = std::array::from_fn(|k| amax[k] < GROUP_MAX_EPS);
+    let search = |iscale: &Lanes, codes: &mut [Lanes; 16]| {
+        let (mut sumlx, mut suml2) = ([0f32; SUBS], [0f32; SUBS]);
+        for (row, out) in x.iter().zip(codes.iter_mut()) {
+            for k in 0..SUBS {
+                let l = code(iscale[k] * row[k]);
+                out[k] = l;
+                let w = row[k] * row[k];
+                sumlx[k] += w * row[k] * l;
+                suml2[k] += w * l * l;
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut best = [[0f32; SUBS]; 16];
+    let iscale = lanes(|k| -(nmax as f32) / max[k]);
+    let (sumlx, suml2) = search(&iscale, &mut best);
+    let mut scale = lanes(|k| if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 });
+    let mut best_fit = lanes(|k| scale[k] * sumlx[k]);
+    let mut laux = [[0f32; SUBS]; 16];
+    for is in (-9i32..=9).filter(|&is| is != 0) {
+        let numerator = -(nmax as f32 + 0.1f32 * is as f32);
+        let (sumlx, suml2) = search(&lanes(|k| numerator / max[k]), &mut laux);
+        for k in 0..SUBS {
+            if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best_fit[k] * suml2[k] {
+                for i in 0..16 {
+                    best[i][k] = laux[i][k];
+                }
+                scale[k] = sumlx[k] / suml2[k];
+                best_fit[k] = scale[k] * sumlx[k];
+            }
+        }
+    }
+    for i in 0..16 {
+        for k in 0..SUBS {
+            l_out[i][k] = if tiny[k] { 0 } else { (best[i][k] as i32 + nmax) as i8 };
+        }
+    }
+    lanes(|k| if tiny[k] { 0.0 } else { scale[k] })
 }
 
 /// The 6-bit scales and mins of the eight sub-blocks, packed into 12 bytes as ggml packs them.
@@ -380,16 +440,28 @@ pub fn quantize_q5_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
 
 /// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, `d` (f16). 210 bytes.
 #[inline(always)]
-pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+pub fn quantize_q6_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
     let x: &[f32; QK_K] = x.try_into().expect("a super-block");
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
+    // Sub-blocks 8h..8h+8 at once: sub-block 8h + k's element i in lane k of row i.
+    for half in 0..2 {
+        let xs: [Lanes; 16] = std::array::from_fn(|i| lanes(|k| x[16 * (8 * half + k) + i]));
+        let mut codes = [[0i8; SUBS]; 16];
+        let found = match cpu {
+            #[cfg(target_arch = "x86_64")]
+            Some(cpu) => cpu.qx_search(32, &xs, &mut codes),
+            _ => make_qx_quants_lanes(32, &xs, &mut codes),
+        };
+        scales[8 * half..8 * half + 8].copy_from_slice(&found);
+        for (i, row) in codes.iter().enumerate() {
+            for k in 0..SUBS {
+                l[16 * (8 * half + k) + i] = row[k];
+            }
+        }
+    }
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for ib in 0..16 {
-        let sub: &[f32; 16] = x[16 * ib..16 * ib + 16].try_into().expect("16 values");
-        let codes: &mut [i8; 16] = (&mut l[16 * ib..16 * ib + 16]).try_into().expect("16 codes");
-        let scale = make_qx_quants(32, sub, codes);
-        scales[ib] = scale;
+    for &scale in &scales {
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;
@@ -539,13 +611,43 @@ mod tests {
         }
     }
 
+    /// Q6_K's search, as above, on the same sub-blocks cut in halves (16 values each).
+    #[test]
+    fn the_q6_k_lane_search_is_the_scalar_search_bit_for_bit() {
+        let halves: Vec<[f32; 16]> = sub_blocks(0x2545_f491_4f6c_dd1d)
+            .iter()
+            .flat_map(|b| [b[..16].try_into().unwrap(), b[16..].try_into().unwrap()])
+            .chain([[1e-16f32; 16], [-1e-14; 16]]) // below and above ggml's threshold
+            .collect();
+        for eight in halves.chunks_exact(SUBS) {
+            let xs: [Lanes; 16] = std::array::from_fn(|i| lanes(|k| eight[k][i]));
+            let mut codes = [[0i8; SUBS]; 16];
+            let portable = make_qx_quants_lanes(32, &xs, &mut codes);
+            #[allow(unused_mut)]
+            let mut searches = vec![("portable", portable, codes)];
+            #[cfg(target_arch = "x86_64")]
+            if let Some(cpu) = Avx2::detect() {
+                let found = cpu.qx_search(32, &xs, &mut codes);
+                searches.push(("avx2", found, codes));
+            }
+            for k in 0..SUBS {
+                let mut want = [0i8; 16];
+                let scale = make_qx_quants(32, &eight[k], &mut want);
+                for (path, scales, codes) in &searches {
+                    assert_eq!(scales[k].to_bits(), scale.to_bits(), "{path}: {:?}", eight[k]);
+                    assert_eq!(std::array::from_fn::<i8, 16, _>(|i| codes[i][k]), want, "{path}: {:?}", eight[k]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn k_quants_reproduce_a_smooth_block_closely() {
         let x: Vec<f32> = (0..QK_K).map(|i| ((i as f32) * 0.37).sin()).collect();
         for (q, dq, size, tol) in [
             ((|x, o| quantize_q4_k(x, o, Avx2::detect())) as fn(&[f32], &mut [u8]), dequantize_q4_k as fn(&[u8], &mut [f32]), 144, 0.1),
             (|x, o| quantize_q5_k(x, o, Avx2::detect()), dequantize_q5_k, 176, 0.05),
-            (quantize_q6_k, dequantize_q6_k, 210, 0.03),
+            (|x, o| quantize_q6_k(x, o, Avx2::detect()), dequantize_q6_k, 210, 0.03),
         ] {
             let mut b = vec![0u8; size];
             q(&x, &mut b);

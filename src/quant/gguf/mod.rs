@@ -5,7 +5,7 @@
 //! quantized in parallel, each read in place from any [`TensorView`] (strided, transposed,
 //! float16, bfloat16) and widened to float32 as ggml's callers do. Pure Rust.
 
-mod kquants;
+pub(crate) mod kquants;
 mod legacy;
 
 use rayon::prelude::*;
@@ -272,7 +272,7 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8], cpu: Option<Avx2>)
         GgufType::Q8_0 => legacy::quantize_q8_0(values, out),
         GgufType::Q4K => each!(|x, out| kquants::quantize_q4_k(x, out, cpu)),
         GgufType::Q5K => each!(|x, out| kquants::quantize_q5_k(x, out, cpu)),
-        GgufType::Q6K => each!(kquants::quantize_q6_k),
+        GgufType::Q6K => each!(|x, out| kquants::quantize_q6_k(x, out, cpu)),
     }
 }
 
