@@ -8,6 +8,9 @@
 
 use half::{bf16, f16};
 
+#[cfg(target_arch = "x86_64")]
+use crate::quant::gguf::kquants::Qkx2;
+
 /// Which build of the kernels runs: an argument of every engine call
 /// ([`crate::quant::Engine`]), so tests check each build the CPU supports, in parallel,
 /// without process-wide state.
@@ -349,24 +352,14 @@ impl Avx2 {
     /// [`avx2::qkx2_search`]: ggml's K-quant scale search for a super-block's eight
     /// sub-blocks, one per lane.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn qkx2_search(
-        self,
-        nmax: i32,
-        x: &[[f32; 8]; 32],
-        weights: &[[f32; 8]; 32],
-        l_out: &mut [[u8; 8]; 32],
-        rmin: f32,
-        rdelta: f32,
-        nstep: i32,
-    ) -> ([f32; 8], [f32; 8]) {
+    pub(crate) fn qkx2_search(self, search: Qkx2, x: &[[f32; 8]; 32], weights: &[[f32; 8]; 32], l_out: &mut [[u8; 8]; 32]) -> ([f32; 8], [f32; 8]) {
         // SAFETY: `self` proves the CPU supports AVX2.
-        unsafe { avx2::qkx2_search(nmax, x, weights, l_out, rmin, rdelta, nstep) }
+        unsafe { avx2::qkx2_search(search, x, weights, l_out) }
     }
 
     /// [`avx2::qx_search`]: ggml's Q6_K scale search for eight sub-blocks, one per lane.
     #[inline(always)]
-    pub fn qx_search(self, nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    pub(crate) fn qx_search(self, nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         // SAFETY: `self` proves the CPU supports AVX2.
         unsafe { avx2::qx_search(nmax, x, l_out) }
     }
@@ -493,6 +486,8 @@ pub mod avx2 {
     use std::arch::x86_64::*;
 
     use half::bf16;
+
+    use crate::quant::gguf::kquants::Qkx2;
 
     use super::Lane;
     use crate::quant::math::GroupParams;
@@ -888,16 +883,8 @@ pub mod avx2 {
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn qkx2_search(
-        nmax: i32,
-        x: &[[f32; 8]; 32],
-        weights: &[[f32; 8]; 32],
-        l_out: &mut [[u8; 8]; 32],
-        rmin: f32,
-        rdelta: f32,
-        nstep: i32,
-    ) -> ([f32; 8], [f32; 8]) {
+    pub(crate) unsafe fn qkx2_search(search: Qkx2, x: &[[f32; 8]; 32], weights: &[[f32; 8]; 32], l_out: &mut [[u8; 8]; 32]) -> ([f32; 8], [f32; 8]) {
+        let Qkx2 { nmax, rmin, rdelta, nstep } = search;
         // SAFETY: every row holds 8 floats; the load is unaligned.
         let load = |row: &[f32; 8]| unsafe { _mm256_loadu_ps(row.as_ptr()) };
         let zero = _mm256_setzero_ps();
@@ -993,7 +980,7 @@ pub mod avx2 {
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn qx_search(nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
+    pub(crate) unsafe fn qx_search(nmax: i32, x: &[[f32; 8]; 16], l_out: &mut [[i8; 8]; 16]) -> [f32; 8] {
         // SAFETY: every row holds 8 floats; the load is unaligned.
         let load = |row: &[f32; 8]| unsafe { _mm256_loadu_ps(row.as_ptr()) };
         let zero = _mm256_setzero_ps();

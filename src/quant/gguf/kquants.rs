@@ -96,6 +96,21 @@ fn make_qkx2_quants(nmax: i32, x: &[f32; 32], weights: &[f32; 32], l_out: &mut [
     (scale, -min)
 }
 
+/// ggml's search for a Q4_K/Q5_K sub-block: codes in `0..=nmax`, candidate scales from
+/// `(rmin + rdelta·is + nmax) / (max − min)` for `is` in `0..=nstep`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Qkx2 {
+    pub nmax: i32,
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+}
+
+/// Q4_K's search (`make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, …)` in ggml).
+const Q4_K_SEARCH: Qkx2 = Qkx2 { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20 };
+/// Q5_K's search (`make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, …)`).
+const Q5_K_SEARCH: Qkx2 = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15 };
+
 /// The sub-blocks of a super-block, searched at once by [`make_qkx2_quants_lanes`].
 const SUBS: usize = 8;
 
@@ -117,17 +132,9 @@ fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
 /// become per-lane selects, so the 21 candidates × 32 values run as 8-lane vectors instead of
 /// one scalar chain per sub-block (the search was nearly all of a Q4_K run). As in ggml,
 /// a better candidate's `min` is used by the candidates after it.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn make_qkx2_quants_lanes(
-    nmax: i32,
-    x: &[Lanes; 32],
-    weights: &[Lanes; 32],
-    l_out: &mut [[u8; SUBS]; 32],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-) -> (Lanes, Lanes) {
+fn make_qkx2_quants_lanes(search: Qkx2, x: &[Lanes; 32], weights: &[Lanes; 32], l_out: &mut [[u8; SUBS]; 32]) -> (Lanes, Lanes) {
+    let Qkx2 { nmax, rmin, rdelta, nstep } = search;
     let code = |v: f32| nearest_int(v).clamp(0, nmax) as f32;
     let (mut min, mut max, mut sum_w) = (x[0], x[0], weights[0]);
     let mut sum_x = lanes(|k| sum_w[k] * x[0][k]);
@@ -358,7 +365,8 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 /// every code recomputed from the stored (rounded) scales, as ggml does. Writes `d`, `dmin`
 /// and the 12 scale bytes into `head` (16 bytes) and returns the codes.
 #[inline(always)]
-fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8], cpu: Option<Avx2>) -> [u8; QK_K] {
+fn k_block_codes(x: &[f32], search: Qkx2, head: &mut [u8], cpu: Option<Avx2>) -> [u8; QK_K] {
+    let nmax = search.nmax;
     let x: &[f32; QK_K] = x.try_into().expect("a super-block");
     let mut l = [0u8; QK_K];
     // Sub-block k's element i in lane k of row i, and ggml's weights `av_x + |x|`.
@@ -374,8 +382,8 @@ fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8], c
     let mut codes = [[0u8; SUBS]; 32];
     let (scales, mins) = match cpu {
         #[cfg(target_arch = "x86_64")]
-        Some(cpu) => cpu.qkx2_search(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep),
-        _ => make_qkx2_quants_lanes(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep),
+        Some(cpu) => cpu.qkx2_search(search, &xs, &weights, &mut codes),
+        _ => make_qkx2_quants_lanes(search, &xs, &weights, &mut codes),
     };
     for (i, row) in codes.iter().enumerate() {
         for k in 0..SUBS {
@@ -403,7 +411,7 @@ fn k_block_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8], c
 /// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles. 144 bytes.
 #[inline(always)]
 pub fn quantize_q4_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
-    let l = k_block_codes(x, 15, -1.0, 20, &mut out[..16], cpu);
+    let l = k_block_codes(x, Q4_K_SEARCH, &mut out[..16], cpu);
     let qs = &mut out[16..144];
     for (chunk, q) in l.chunks_exact(64).zip(qs.chunks_exact_mut(32)) {
         for i in 0..32 {
@@ -415,7 +423,7 @@ pub fn quantize_q4_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
 /// Q5_K: as Q4_K plus 32 bytes of fifth bits. 176 bytes.
 #[inline(always)]
 pub fn quantize_q5_k(x: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
-    let l = k_block_codes(x, 31, -0.5, 15, &mut out[..16], cpu);
+    let l = k_block_codes(x, Q5_K_SEARCH, &mut out[..16], cpu);
     let (qh, ql) = out[16..176].split_at_mut(32);
     qh.fill(0);
     let (mut m1, mut m2) = (1u8, 2u8);
@@ -584,23 +592,24 @@ mod tests {
     #[test]
     fn the_lane_search_is_the_scalar_search_bit_for_bit() {
         let blocks = sub_blocks(0x9e37_79b9_7f4a_7c15);
-        for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15)] {
+        for search in [Q4_K_SEARCH, Q5_K_SEARCH] {
+            let Qkx2 { nmax, rmin, rdelta, nstep } = search;
             for eight in blocks.chunks_exact(SUBS) {
                 let xs: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| eight[k][i]));
                 let weights: [Lanes; 32] = std::array::from_fn(|i| lanes(|k| 0.5 + (i as f32 * 0.37 + k as f32).sin().abs() * xs[i][k].abs()));
                 let mut codes = [[0u8; SUBS]; 32];
-                let portable = make_qkx2_quants_lanes(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep);
+                let portable = make_qkx2_quants_lanes(search, &xs, &weights, &mut codes);
                 #[allow(unused_mut)]
                 let mut searches = vec![("portable", portable, codes)];
                 #[cfg(target_arch = "x86_64")]
                 if let Some(cpu) = Avx2::detect() {
-                    let found = cpu.qkx2_search(nmax, &xs, &weights, &mut codes, rmin, 0.1, nstep);
+                    let found = cpu.qkx2_search(search, &xs, &weights, &mut codes);
                     searches.push(("avx2", found, codes));
                 }
                 for k in 0..SUBS {
                     let w: [f32; 32] = std::array::from_fn(|i| weights[i][k]);
                     let mut want = [0u8; 32];
-                    let (scale, min) = make_qkx2_quants(nmax, &eight[k], &w, &mut want, rmin, 0.1, nstep);
+                    let (scale, min) = make_qkx2_quants(nmax, &eight[k], &w, &mut want, rmin, rdelta, nstep);
                     for (path, (scales, mins), codes) in &searches {
                         let got = (scales[k].to_bits(), mins[k].to_bits());
                         assert_eq!(got, (scale.to_bits(), min.to_bits()), "{path}: {:?}", eight[k]);
