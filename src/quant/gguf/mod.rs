@@ -256,10 +256,12 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
 #[inline(always)]
 fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8], cpu: Option<Avx2>) {
     let (block, size) = (ty.block_size(), ty.type_size());
+    // Called by path, never through a closure: a closure LLVM leaves out of line is
+    // compiled for the baseline CPU (see `Avx2::vectorize`).
     macro_rules! each {
-        ($f:expr) => {
+        ($f:path $(, $arg:expr)?) => {
             for b in 0..values.len() / block {
-                $f(&values[b * block..(b + 1) * block], &mut out[b * size..(b + 1) * size]);
+                $f(&values[b * block..(b + 1) * block], &mut out[b * size..(b + 1) * size] $(, $arg)?);
             }
         };
     }
@@ -270,9 +272,9 @@ fn quantize_row(ty: GgufType, values: &[f32], out: &mut [u8], cpu: Option<Avx2>)
         GgufType::Q5_1 => each!(legacy::quantize_q5_1),
         // Whole rows: it batches its scale divisions across blocks.
         GgufType::Q8_0 => legacy::quantize_q8_0(values, out),
-        GgufType::Q4K => each!(|x, out| kquants::quantize_q4_k(x, out, cpu)),
-        GgufType::Q5K => each!(|x, out| kquants::quantize_q5_k(x, out, cpu)),
-        GgufType::Q6K => each!(|x, out| kquants::quantize_q6_k(x, out, cpu)),
+        GgufType::Q4K => each!(kquants::quantize_q4_k, cpu),
+        GgufType::Q5K => each!(kquants::quantize_q5_k, cpu),
+        GgufType::Q6K => each!(kquants::quantize_q6_k, cpu),
     }
 }
 
