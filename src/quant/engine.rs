@@ -10,6 +10,7 @@ use super::quantized::{BlockSums, Quantized, Scales, SegmentLanes, Stats, StatsA
 use super::alloc::{Allocator, Fresh};
 use super::simd::{Avx2, Kernel};
 use super::spec::{QuantSpec, ScaleDType};
+use super::tasks::on_pool;
 use super::view::{DType, Element, Strided, TensorView};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
@@ -250,11 +251,11 @@ fn scale_error(spec: &QuantSpec, group: usize) -> Error {
     )
 }
 
-/// Run `f(index, start, end)` on every chunk; in parallel when there is more than one.
+/// Run `f(index, start, end)` on every chunk; in parallel when [`on_pool`] says so.
 fn run_chunks<R: Send>(bounds: &[usize], f: impl Fn(usize, usize, usize) -> R + Sync) -> Vec<R> {
     let n_chunks = bounds.len() - 1;
-    if n_chunks == 1 {
-        return vec![f(0, bounds[0], bounds[1])];
+    if !on_pool(n_chunks) {
+        return (0..n_chunks).map(|i| f(i, bounds[i], bounds[i + 1])).collect();
     }
     (0..n_chunks).into_par_iter().map(|i| f(i, bounds[i], bounds[i + 1])).collect()
 }
@@ -265,8 +266,8 @@ fn run_chunks_with<O: Send, R: Send>(
     outs: Vec<O>,
     f: impl Fn(O, usize, usize) -> R + Sync,
 ) -> Vec<R> {
-    if outs.len() == 1 {
-        return outs.into_iter().map(|o| f(o, bounds[0], bounds[1])).collect();
+    if !on_pool(outs.len()) {
+        return outs.into_iter().enumerate().map(|(i, o)| f(o, bounds[i], bounds[i + 1])).collect();
     }
     outs.into_par_iter().enumerate().map(|(i, o)| f(o, bounds[i], bounds[i + 1])).collect()
 }

@@ -16,6 +16,7 @@ mod quantized;
 mod reference;
 mod simd;
 mod spec;
+mod tasks;
 mod view;
 
 pub use alloc::{Allocator, BufferPool, Fresh};

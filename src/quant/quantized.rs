@@ -340,8 +340,8 @@ impl Quantized {
             }
             self.decode_chunk(start, piece)
         };
-        if pieces.len() == 1 {
-            pieces.into_iter().map(|p| (0, p)).for_each(work);
+        if !super::tasks::on_pool(pieces.len()) {
+            bounds.iter().copied().zip(pieces).for_each(work);
         } else {
             bounds.par_iter().copied().zip(pieces).for_each(work);
         }

@@ -2,6 +2,7 @@
 about the output's size, not the input's). Memory is measured in subprocesses so each
 measurement sees one call's peak."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -179,3 +180,33 @@ def test_torch_views_are_bounded_by_their_storage():
     view = base[2:6, 1:5].t()
     got = qb.quantize(view, bits=8).dequantize()
     np.testing.assert_allclose(np.from_dlpack(got), view.numpy(), atol=0.2)
+
+
+ONE_THREAD_SCRIPT = textwrap.dedent("""
+    import hashlib
+    import numpy as np, quantbridge as qb
+    x = np.random.default_rng(7).standard_normal((512, 1024), dtype=np.float32)  # 8 chunks
+    digest = hashlib.sha256()
+    for kwargs in [dict(bits=4, group_size=128), dict(bits=8, granularity="channel"), dict(gguf_type="Q4_K")]:
+        for view in (x, x.T):
+            q = qb.quantize(view, stats=True, **kwargs)
+            for part in (q.codes, q.scales, qb.dequantize(q)):
+                if part is not None:  # a GGUF result keeps its scales in its blocks
+                    digest.update(np.from_dlpack(part).tobytes())
+            digest.update(repr(sorted(q.stats.items())).encode())
+    print(digest.hexdigest())
+""")
+
+
+def test_a_one_thread_pool_gives_the_same_bytes():
+    """With `RAYON_NUM_THREADS=1` (a one-CPU container) a tensor's chunks run in order on
+    the calling thread instead of being handed to the pool: codes, scales, dequantized
+    values and statistics are the bytes the default pool gives."""
+
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", ONE_THREAD_SCRIPT], capture_output=True, text=True,
+                             env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert run({"RAYON_NUM_THREADS": "1"}) == run({"RAYON_NUM_THREADS": "3"})

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::quant::simd::Avx2;
+use crate::quant::tasks::on_pool;
 use crate::quant::view::Strided;
 use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, StatsAcc, TensorView};
 
@@ -216,37 +217,41 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
     let (_, cols) = view.rows_cols();
     let row_bytes = ty.row_bytes(cols);
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    let parts: Vec<StatsAcc> = blocks
-        .par_chunks_mut(row_bytes * rows_per_task)
-        .enumerate()
-        .map(|(task, out)| {
-            let first = task * rows_per_task;
-            let mut source = RowSource::new(data, first..first + out.len() / row_bytes, cols, cpu);
-            let mut restored = if stats { vec![0f32; cols] } else { Vec::new() };
-            let mut acc = StatsAcc::default();
-            for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
-                let index = first + r;
-                let values = source.row(index);
-                let stats = stats.then_some((&mut restored[..], &mut acc));
-                let finite = match cpu {
-                    // The check, the block functions and the statistics, inlined here,
-                    // compiled with AVX2 (ggml's float operations are not reassociated or
-                    // fused, so the bytes do not change; nor do the sums, whose order is
-                    // fixed).
-                    Some(cpu) => cpu.vectorize(#[inline(always)] || checked_row(ty, values, out_row, stats, Some(cpu))),
-                    None => checked_row(ty, values, out_row, stats, None),
-                };
-                if !finite {
-                    let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                    return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
-                }
+    let task_bytes = row_bytes * rows_per_task;
+    let task = |(task, out): (usize, &mut [u8])| {
+        let first = task * rows_per_task;
+        let mut source = RowSource::new(data, first..first + out.len() / row_bytes, cols, cpu);
+        let mut restored = if stats { vec![0f32; cols] } else { Vec::new() };
+        let mut acc = StatsAcc::default();
+        for (r, out_row) in out.chunks_exact_mut(row_bytes).enumerate() {
+            let index = first + r;
+            let values = source.row(index);
+            let stats = stats.then_some((&mut restored[..], &mut acc));
+            let finite = match cpu {
+                // The check, the block functions and the statistics, inlined here,
+                // compiled with AVX2 (ggml's float operations are not reassociated or
+                // fused, so the bytes do not change; nor do the sums, whose order is
+                // fixed).
+                Some(cpu) => cpu.vectorize(#[inline(always)] || checked_row(ty, values, out_row, stats, Some(cpu))),
+                None => checked_row(ty, values, out_row, stats, None),
+            };
+            if !finite {
+                let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                return Err(Error::NonFinite { index: index * cols + at, value: values[at] });
             }
-            Ok(acc)
-        })
-        .collect::<Result<_>>()?;
+        }
+        Ok(acc)
+    };
+    // Every task's outcome, in row order: the error reported is the first non-finite value
+    // in flat order, not the first a thread happened to meet.
+    let outcomes: Vec<Result<StatsAcc>> = if on_pool(blocks.len().div_ceil(task_bytes)) {
+        blocks.par_chunks_mut(task_bytes).enumerate().map(task).collect()
+    } else {
+        blocks.chunks_mut(task_bytes).enumerate().map(task).collect()
+    };
     let mut acc = StatsAcc::default();
-    for part in &parts {
-        acc.merge(part);
+    for part in outcomes {
+        acc.merge(&part?);
     }
     Ok(acc)
 }
@@ -351,9 +356,13 @@ pub fn dequantize(blocks: &[u8], ty: GgufType, cols: usize, alloc: &dyn Allocato
     let rows = blocks.len() / row_bytes;
     let mut out = alloc.floats(rows * cols)?;
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    out.par_chunks_mut(cols * rows_per_task)
-        .zip(blocks.par_chunks(row_bytes * rows_per_task))
-        .for_each(|(values, bytes)| ty.dequantize_into(bytes, values));
+    let (task_values, task_bytes) = (cols * rows_per_task, row_bytes * rows_per_task);
+    let task = |(values, bytes): (&mut [f32], &[u8])| ty.dequantize_into(bytes, values);
+    if on_pool(rows.div_ceil(rows_per_task)) {
+        out.par_chunks_mut(task_values).zip(blocks.par_chunks(task_bytes)).for_each(task);
+    } else {
+        out.chunks_mut(task_values).zip(blocks.chunks(task_bytes)).for_each(task);
+    }
     Ok(out)
 }
 
@@ -412,6 +421,44 @@ mod tests {
                 assert_eq!(got.codes, want.codes, "{t:?} {:?} {}", strided.strides(), cpu.is_some());
                 assert_eq!(got.stats, want.stats);
                 assert_eq!(quantize(strided, t, &Fresh, cpu, false).unwrap().codes, want.codes);
+            }
+        }
+    }
+
+    /// A tensor of many tasks gives the same blocks, statistics and dequantized values on
+    /// a pool of one thread (its tasks run in order on the caller) as on several, and the
+    /// error names the first non-finite value in flat order whichever task meets one first.
+    #[test]
+    fn any_thread_count_gives_the_same_result_and_the_first_error() {
+        let (rows, cols) = (300, 1024); // five tasks of 64 rows, the last short
+        let mut data: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        let view = TensorView::contiguous(ElemSlice::F32(&data), vec![rows, cols]).unwrap();
+        let on = |threads: usize, f: &(dyn Fn() -> (Quantized, Vec<f32>) + Sync)| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+        };
+        for t in [GgufType::Q4_0, GgufType::Q6K] {
+            let run = || {
+                let q = quantize(&view, t, &Fresh, Avx2::detect(), true).unwrap();
+                let values = dequantize(&q.codes, t, cols, &Fresh).unwrap();
+                (q, values)
+            };
+            let (one, one_values) = on(1, &run);
+            let (three, three_values) = on(3, &run);
+            assert_eq!(one.codes, three.codes, "{t:?}");
+            assert_eq!(one.stats, three.stats);
+            assert_eq!(one_values, three_values);
+        }
+        // The first non-finite value is in the first task's last row, another in the first
+        // row of a later task: with several threads the later one is often met first.
+        let first = 63 * cols + 5;
+        data[first] = f32::NAN;
+        data[256 * cols] = f32::INFINITY;
+        let view = TensorView::contiguous(ElemSlice::F32(&data), vec![rows, cols]).unwrap();
+        for threads in [1, 3] {
+            for _ in 0..20 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let err = pool.install(|| quantize(&view, GgufType::Q8_0, &Fresh, None, false)).unwrap_err();
+                assert!(matches!(err, Error::NonFinite { index, .. } if index == first), "{threads} threads: {err:?}");
             }
         }
     }
