@@ -660,31 +660,35 @@ pub mod avx2 {
         // This statistics block's float32 lane sums: Σ(x − x')², Σx², max |x − x'|.
         let mut block_sums = [_mm256_setzero_ps(); 3];
         let code = |v: __m256, sums: &mut [__m256; 3]| {
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             let y = _mm256_mul_ps(v, inv);
-            // Without statistics only the upper bound is applied here; the lower one is
-            // applied to the packed bytes (see `low_code`).
-            let c = if STATS { _mm256_max_ps(y, below) } else { y };
-            // Round half to even, as `rint_small` (never the MXCSR mode).
-            let d = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(c, above));
-            if STATS {
-                // As `BlockSums::lane`, from this y = x·inv and d = q − zp (the square of
-                // `y − d` is that of its absolute value, bit for bit).
-                let e = _mm256_sub_ps(y, d);
-                sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(e, e));
-                sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
-                let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
-                sums[2] = _mm256_max_ps(err, sums[2]);
+            if !STATS {
+                // Round half to even, as `rint_small` (never the MXCSR mode); the zero
+                // point and both bounds are applied to the packed codes (see `low_code`).
+                return _mm256_cvttps_epi32(_mm256_round_ps::<NEAREST>(y));
             }
+            let d = _mm256_round_ps::<NEAREST>(_mm256_min_ps(_mm256_max_ps(y, below), above));
+            // As `BlockSums::lane`, from this y = x·inv and d = q − zp (the square of `y − d`
+            // is that of its absolute value, bit for bit).
+            let e = _mm256_sub_ps(y, d);
+            sums[0] = _mm256_add_ps(sums[0], _mm256_mul_ps(e, e));
+            sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
+            let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
+            sums[2] = _mm256_max_ps(err, sums[2]);
             _mm256_add_epi32(_mm256_cvttps_epi32(d), shift)
         };
-        // The lowest stored code. Without statistics the codes are clamped from below
-        // as bytes, 32 at a time, rather than as floats 8 at a time: `max(rint(y) + zp,
-        // lo)` is `rint(max(y, lo − zp)) + zp` (rint is monotone, the bound an integer),
-        // and the saturating packs on the way (32 to 16 to 8 bits) are monotone and leave
-        // every code in `lo..=hi` as it is, so clamping after them gives the same byte. A
-        // value below the 32-bit range converts to its most negative integer, which
-        // saturates and is clamped to `lo` just the same.
+        // Without statistics `clamp(rint(y) + zp, lo, hi)` is computed on packed codes,
+        // 32 at a time rather than as floats 8 at a time: `rint(y)` as int32, saturated to
+        // int16, the zero point and offset added with saturation, saturated to bytes, then
+        // clamped to the lowest and highest stored code. Every step after the rounding is
+        // monotone and leaves a code in `lo..=hi` as it is, so the clamp gives the
+        // reference's byte. It needs `y` below 2^31 (a larger one converts to the most
+        // negative integer); `p` comes from a range holding every value of the group, so
+        // |y| ≤ 2^bits. A `y` below the 32-bit range converts to that most negative
+        // integer too, and is clamped to `lo` as it should be.
+        let shift16 = _mm256_set1_epi16((p.zp as i32 + p.offset) as i16);
         let low_code = _mm256_set1_epi8((p.lo as i32 + p.offset) as i8);
+        let high_code = _mm256_set1_epi8((p.hi as i32 + p.offset) as i8);
         // Multipliers that fold neighbouring codes into one value (maddubs: unsigned bytes
         // times signed bytes, adjacent pairs summed): c0 + 16·c1 for nibbles; c0 + 4·c1,
         // then (c0 + 4·c1) + 16·(c2 + 4·c3) for 2-bit codes. Every sum is at most 255.
@@ -706,16 +710,16 @@ pub mod avx2 {
                     code(W::load8(p.add(24)), &mut block_sums),
                 )
             };
-            // Every code fits 16 bits exactly; then 8 bits (unsigned, or signed for int8).
-            let ab = _mm256_packs_epi32(a, b);
-            let cd = _mm256_packs_epi32(c, d);
+            // To 16 bits, then 8 (unsigned, or signed for int8).
+            let (ab, cd) = (_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+            let (ab, cd) = if STATS { (ab, cd) } else { (_mm256_adds_epi16(ab, shift16), _mm256_adds_epi16(cd, shift16)) };
             let bytes = if signed { _mm256_packs_epi16(ab, cd) } else { _mm256_packus_epi16(ab, cd) };
             // The packs work within 128-bit lanes; put the 4-byte groups back in order.
             let bytes = _mm256_permutevar8x32_epi32(bytes, order);
             let bytes = match (STATS, signed) {
                 (true, _) => bytes,
-                (false, true) => _mm256_max_epi8(bytes, low_code),
-                (false, false) => _mm256_max_epu8(bytes, low_code),
+                (false, true) => _mm256_min_epi8(_mm256_max_epi8(bytes, low_code), high_code),
+                (false, false) => _mm256_min_epu8(_mm256_max_epu8(bytes, low_code), high_code),
             };
             match bits {
                 4 => {
@@ -1382,9 +1386,9 @@ pub mod avx512 {
             const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
             let y = _mm512_mul_ps(v, inv);
             if !STATS {
-                // Rounded half to even as it converts. Only the upper bound is applied
-                // here: the lower one is applied to the packed bytes (see `low_code`).
-                return _mm512_add_epi32(_mm512_cvt_roundps_epi32::<NEAREST>(_mm512_min_ps(y, above)), shift);
+                // Rounded half to even as it converts; the zero point and both bounds are
+                // applied to the packed codes (see `low_code`).
+                return _mm512_cvt_roundps_epi32::<NEAREST>(y);
             }
             let c = _mm512_min_ps(_mm512_max_ps(y, below), above);
             let d = _mm512_roundscale_ps::<NEAREST>(c);
@@ -1401,9 +1405,16 @@ pub mod avx512 {
             }
             _mm512_add_epi32(_mm512_cvttps_epi32(d), shift)
         };
-        // The lowest stored code: without statistics the codes are clamped from below
-        // as bytes, 64 at a time, as in the AVX2 kernel (which says why that is exact).
+        // Without statistics `clamp(rint(y) + zp, lo, hi)` is computed on packed codes:
+        // `rint(y)` as int32, saturated to int16 (32 per vector), the zero point and
+        // offset added with saturation, saturated to bytes (64 per vector), then clamped to
+        // the lowest and highest stored code. Every step after the rounding is monotone
+        // and leaves a code in `lo..=hi` as it is, so the clamp gives the reference's byte.
+        // It needs `y` below 2^31 (a larger one converts to the most negative integer);
+        // `p` comes from a range holding every value of the group, so |y| ≤ 2^bits.
+        let shift16 = _mm512_set1_epi16((p.zp as i32 + p.offset) as i16);
         let low_code = _mm512_set1_epi8((p.lo as i32 + p.offset) as i8);
+        let high_code = _mm512_set1_epi8((p.hi as i32 + p.offset) as i8);
         // As in the AVX2 kernel: maddubs multipliers that fold neighbouring codes.
         let nibble_pairs = _mm512_set1_epi16(0x1001);
         let crumb_pairs = _mm512_set1_epi16(0x0401);
@@ -1424,14 +1435,14 @@ pub mod avx512 {
                     code(W::load16(ptr.add(48)), &mut block_sums, &mut block_max),
                 )
             };
-            let ab = _mm512_packs_epi32(a, b);
-            let cd = _mm512_packs_epi32(c, d);
+            let (ab, cd) = (_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+            let (ab, cd) = if STATS { (ab, cd) } else { (_mm512_adds_epi16(ab, shift16), _mm512_adds_epi16(cd, shift16)) };
             let bytes = if signed { _mm512_packs_epi16(ab, cd) } else { _mm512_packus_epi16(ab, cd) };
             let bytes = _mm512_permutexvar_epi32(order, bytes);
             let bytes = match (STATS, signed) {
                 (true, _) => bytes,
-                (false, true) => _mm512_max_epi8(bytes, low_code),
-                (false, false) => _mm512_max_epu8(bytes, low_code),
+                (false, true) => _mm512_min_epi8(_mm512_max_epi8(bytes, low_code), high_code),
+                (false, false) => _mm512_min_epu8(_mm512_max_epu8(bytes, low_code), high_code),
             };
             match BITS {
                 4 => {
