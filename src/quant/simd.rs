@@ -651,7 +651,6 @@ pub mod avx2 {
         // exact range of the rounding, and the zero point joins the offset as an integer.
         let below = _mm256_set1_ps(p.lo - p.zp);
         let above = _mm256_set1_ps(p.hi - p.zp);
-        let shift = _mm256_set1_epi32(p.zp as i32 + p.offset);
         // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
         let signed = p.lo + (p.offset as f32) < 0.0;
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -675,7 +674,7 @@ pub mod avx2 {
             sums[1] = _mm256_add_ps(sums[1], _mm256_mul_ps(y, y));
             let err = _mm256_and_ps(_mm256_sub_ps(v, _mm256_mul_ps(d, scale)), abs_mask);
             sums[2] = _mm256_max_ps(err, sums[2]);
-            _mm256_add_epi32(_mm256_cvttps_epi32(d), shift)
+            _mm256_cvttps_epi32(d)
         };
         // Without statistics `clamp(rint(y) + zp, lo, hi)` is computed on packed codes,
         // 32 at a time rather than as floats 8 at a time: `rint(y)` as int32, saturated to
@@ -685,7 +684,9 @@ pub mod avx2 {
         // reference's byte. It needs `y` below 2^31 (a larger one converts to the most
         // negative integer); `p` comes from a range holding every value of the group, so
         // |y| ≤ 2^bits. A `y` below the 32-bit range converts to that most negative
-        // integer too, and is clamped to `lo` as it should be.
+        // integer too, and is clamped to `lo` as it should be. With statistics the codes
+        // were clamped as floats (the error needs the clamped value), and only the zero
+        // point and offset are added here, the same way.
         let shift16 = _mm256_set1_epi16((p.zp as i32 + p.offset) as i16);
         let low_code = _mm256_set1_epi8((p.lo as i32 + p.offset) as i8);
         let high_code = _mm256_set1_epi8((p.hi as i32 + p.offset) as i8);
@@ -712,7 +713,7 @@ pub mod avx2 {
             };
             // To 16 bits, then 8 (unsigned, or signed for int8).
             let (ab, cd) = (_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
-            let (ab, cd) = if STATS { (ab, cd) } else { (_mm256_adds_epi16(ab, shift16), _mm256_adds_epi16(cd, shift16)) };
+            let (ab, cd) = (_mm256_adds_epi16(ab, shift16), _mm256_adds_epi16(cd, shift16));
             let bytes = if signed { _mm256_packs_epi16(ab, cd) } else { _mm256_packus_epi16(ab, cd) };
             // The packs work within 128-bit lanes; put the 4-byte groups back in order.
             let bytes = _mm256_permutevar8x32_epi32(bytes, order);
@@ -1372,7 +1373,6 @@ pub mod avx512 {
         // Clamped before rounding, as in the AVX2 kernel.
         let below = _mm512_set1_ps(p.lo - p.zp);
         let above = _mm512_set1_ps(p.hi - p.zp);
-        let shift = _mm512_set1_epi32(p.zp as i32 + p.offset);
         // Codes are negative only for unpacked symmetric storage (int8 bit patterns).
         let signed = p.lo + (p.offset as f32) < 0.0;
         // `packs` work within 128-bit lanes: lane L holds dwords 4L..4L+3 of a, b, c, d.
@@ -1403,7 +1403,7 @@ pub mod avx512 {
                 let err = _mm512_abs_ps(_mm512_sub_ps(v, _mm512_mul_ps(d, scale)));
                 *max = _mm512_max_ps(err, *max);
             }
-            _mm512_add_epi32(_mm512_cvttps_epi32(d), shift)
+            _mm512_cvttps_epi32(d)
         };
         // Without statistics `clamp(rint(y) + zp, lo, hi)` is computed on packed codes:
         // `rint(y)` as int32, saturated to int16 (32 per vector), the zero point and
@@ -1411,7 +1411,9 @@ pub mod avx512 {
         // the lowest and highest stored code. Every step after the rounding is monotone
         // and leaves a code in `lo..=hi` as it is, so the clamp gives the reference's byte.
         // It needs `y` below 2^31 (a larger one converts to the most negative integer);
-        // `p` comes from a range holding every value of the group, so |y| ≤ 2^bits.
+        // `p` comes from a range holding every value of the group, so |y| ≤ 2^bits. With
+        // statistics the codes were clamped as floats (the error needs the clamped value),
+        // and only the zero point and offset are added here, the same way.
         let shift16 = _mm512_set1_epi16((p.zp as i32 + p.offset) as i16);
         let low_code = _mm512_set1_epi8((p.lo as i32 + p.offset) as i8);
         let high_code = _mm512_set1_epi8((p.hi as i32 + p.offset) as i8);
@@ -1436,7 +1438,7 @@ pub mod avx512 {
                 )
             };
             let (ab, cd) = (_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
-            let (ab, cd) = if STATS { (ab, cd) } else { (_mm512_adds_epi16(ab, shift16), _mm512_adds_epi16(cd, shift16)) };
+            let (ab, cd) = (_mm512_adds_epi16(ab, shift16), _mm512_adds_epi16(cd, shift16));
             let bytes = if signed { _mm512_packs_epi16(ab, cd) } else { _mm512_packus_epi16(ab, cd) };
             let bytes = _mm512_permutexvar_epi32(order, bytes);
             let bytes = match (STATS, signed) {
