@@ -5,10 +5,12 @@
 use pyo3::exceptions::PyBufferError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
 use crate::foreign::borrowed::BorrowedTensor;
 use crate::foreign::from_python::arrow_tensor::column_tensor;
-use crate::foreign::from_python::dlpack::{import_dlpack, refuse_masked_values};
+use crate::foreign::from_python::dlpack::{import_dlpack, loaded_type};
 use crate::foreign::from_python::{arrow, legacy};
 use crate::foreign::{BridgeError, BridgeResult};
 
@@ -73,6 +75,38 @@ pub fn import_tensor(obj: &Bound<'_, PyAny>) -> BridgeResult<Imported> {
         "a tensor exposing __dlpack__ (numpy, torch, jax), an Arrow array (__arrow_c_array__), a buffer or a list of numbers",
         "pass a numpy array, a torch tensor or a pyarrow array, e.g. numpy.asarray(x, dtype=numpy.float32)",
     ))
+}
+
+/// Refuse a numpy masked array with masked elements: DLPack and the buffer protocol export
+/// its data alone, so the masked values (whatever they hold) would be quantized as valid.
+/// Arrow nulls are refused the same way.
+fn refuse_masked_values(obj: &Bound<'_, PyAny>) -> BridgeResult<()> {
+    static NDARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static MASKED_ARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let py = obj.py();
+    // Only a subclass of ndarray can be a masked array: plain arrays and every other
+    // producer pass with a type comparison (numpy.ma is not even loaded in most programs).
+    let Some(ndarray) = loaded_type(py, &NDARRAY, intern!(py, "numpy"), intern!(py, "ndarray")) else {
+        return Ok(());
+    };
+    let class = obj.get_type();
+    if class.is(ndarray) || !class.is_subclass(ndarray)? {
+        return Ok(());
+    }
+    let Some(masked_array) = loaded_type(py, &MASKED_ARRAY, intern!(py, "numpy.ma"), intern!(py, "MaskedArray")) else {
+        return Ok(());
+    };
+    if !obj.is_instance(masked_array)? {
+        return Ok(());
+    }
+    let masked: usize = obj.getattr(intern!(py, "mask"))?.call_method0(intern!(py, "sum"))?.extract()?;
+    if masked > 0 {
+        return Err(BridgeError::refused(format!("a numpy masked array with {masked} masked value(s)"),
+            "no masked values (DLPack carries no mask, so they would be quantized as valid)",
+            "fill them (x.filled(value)), or pass x.data to quantize what the masked slots hold",
+        ));
+    }
+    Ok(())
 }
 
 fn import_arrow_array(obj: &Bound<'_, PyAny>) -> BridgeResult<Imported> {

@@ -410,38 +410,6 @@ pub(crate) fn loaded_type<'py>(
     Some(cell.get_or_init(py, || class.unbind()).bind(py))
 }
 
-/// Refuse a numpy masked array with masked elements: DLPack and the buffer protocol export
-/// its data alone, so the masked values (whatever they hold) would be quantized as valid.
-/// Arrow nulls are refused the same way.
-pub(crate) fn refuse_masked_values(obj: &Bound<'_, PyAny>) -> BridgeResult<()> {
-    static NDARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static MASKED_ARRAY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let py = obj.py();
-    // Only a subclass of ndarray can be a masked array: plain arrays and every other
-    // producer pass with a type comparison (numpy.ma is not even loaded in most programs).
-    let Some(ndarray) = loaded_type(py, &NDARRAY, intern!(py, "numpy"), intern!(py, "ndarray")) else {
-        return Ok(());
-    };
-    let class = obj.get_type();
-    if class.is(ndarray) || !class.is_subclass(ndarray)? {
-        return Ok(());
-    }
-    let Some(masked_array) = loaded_type(py, &MASKED_ARRAY, intern!(py, "numpy.ma"), intern!(py, "MaskedArray")) else {
-        return Ok(());
-    };
-    if !obj.is_instance(masked_array)? {
-        return Ok(());
-    }
-    let masked: usize = obj.getattr(intern!(py, "mask"))?.call_method0(intern!(py, "sum"))?.extract()?;
-    if masked > 0 {
-        return Err(BridgeError::refused(format!("a numpy masked array with {masked} masked value(s)"),
-            "no masked values (DLPack carries no mask, so they would be quantized as valid)",
-            "fill them (x.filled(value)), or pass x.data to quantize what the masked slots hold",
-        ));
-    }
-    Ok(())
-}
-
 /// Validate a producer's `DLTensor` and wrap it in the guard; `buffer` is the producer's
 /// allocation when it is known.
 fn borrow_dltensor(
