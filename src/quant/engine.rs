@@ -1,8 +1,6 @@
 //! The engine's fast path: each group is read once, its scale computed and its codes written while
 //! it is still in cache; chunks of whole groups run in parallel.
 
-use rayon::prelude::*;
-
 use super::layout::{split_at_cuts, Layout, CHUNK_ELEMENTS};
 use super::math::{code_bounds, group_params, group_params_lanes, GroupParams, ParamLanes, PARAM_LANES};
 use super::pack::{stream_len, CodeWriter};
@@ -10,7 +8,7 @@ use super::quantized::{BlockSums, Quantized, Scales, SegmentLanes, Stats, StatsA
 use super::alloc::{Allocator, Fresh};
 use super::simd::{Avx2, Kernel};
 use super::spec::{QuantSpec, ScaleDType};
-use super::tasks::on_pool;
+use super::tasks::map_pieces;
 use super::view::{DType, Element, Strided, TensorView};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
@@ -251,13 +249,9 @@ fn scale_error(spec: &QuantSpec, group: usize) -> Error {
     )
 }
 
-/// Run `f(index, start, end)` on every chunk; in parallel when [`on_pool`] says so.
+/// Run `f(index, start, end)` on every chunk ([`map_pieces`]).
 fn run_chunks<R: Send>(bounds: &[usize], f: impl Fn(usize, usize, usize) -> R + Sync) -> Vec<R> {
-    let n_chunks = bounds.len() - 1;
-    if !on_pool(n_chunks) {
-        return (0..n_chunks).map(|i| f(i, bounds[i], bounds[i + 1])).collect();
-    }
-    (0..n_chunks).into_par_iter().map(|i| f(i, bounds[i], bounds[i + 1])).collect()
+    map_pieces((0..bounds.len() - 1).collect(), |i| f(i, bounds[i], bounds[i + 1]))
 }
 
 /// Like [`run_chunks`], handing each chunk its own output slices.
@@ -266,10 +260,7 @@ fn run_chunks_with<O: Send, R: Send>(
     outs: Vec<O>,
     f: impl Fn(O, usize, usize) -> R + Sync,
 ) -> Vec<R> {
-    if !on_pool(outs.len()) {
-        return outs.into_iter().enumerate().map(|(i, o)| f(o, bounds[i], bounds[i + 1])).collect();
-    }
-    outs.into_par_iter().enumerate().map(|(i, o)| f(o, bounds[i], bounds[i + 1])).collect()
+    map_pieces(outs.into_iter().enumerate().collect(), |(i, o)| f(o, bounds[i], bounds[i + 1]))
 }
 
 /// The output slices one chunk owns.

@@ -1,7 +1,6 @@
 //! The result of quantization, and dequantization back to float32.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::layout::{split_at_cuts, Layout};
 use super::math::GroupParams;
@@ -340,11 +339,7 @@ impl Quantized {
             }
             self.decode_chunk(start, piece)
         };
-        if !super::tasks::on_pool(pieces.len()) {
-            bounds.iter().copied().zip(pieces).for_each(work);
-        } else {
-            bounds.par_iter().copied().zip(pieces).for_each(work);
-        }
+        super::tasks::map_pieces(bounds.iter().copied().zip(pieces).collect(), work);
         Ok(out)
     }
 

@@ -8,11 +8,9 @@
 pub(crate) mod kquants;
 mod legacy;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::quant::simd::Avx2;
-use crate::quant::tasks::on_pool;
+use crate::quant::tasks::map_pieces;
 use crate::quant::view::Strided;
 use crate::quant::{Allocator, DType, Element, Granularity, Layout, QuantSpec, Quantized, ScaleDType, Scales, StatsAcc, TensorView};
 
@@ -244,11 +242,7 @@ fn quantize_typed<T: Element>(view: &TensorView<'_>, ty: GgufType, blocks: &mut 
     };
     // Every task's outcome, in row order: the error reported is the first non-finite value
     // in flat order, not the first a thread happened to meet.
-    let outcomes: Vec<Result<StatsAcc>> = if on_pool(blocks.len().div_ceil(task_bytes)) {
-        blocks.par_chunks_mut(task_bytes).enumerate().map(task).collect()
-    } else {
-        blocks.chunks_mut(task_bytes).enumerate().map(task).collect()
-    };
+    let outcomes = map_pieces(blocks.chunks_mut(task_bytes).enumerate().collect(), task);
     let mut acc = StatsAcc::default();
     for part in outcomes {
         acc.merge(&part?);
@@ -356,13 +350,8 @@ pub fn dequantize(blocks: &[u8], ty: GgufType, cols: usize, alloc: &dyn Allocato
     let rows = blocks.len() / row_bytes;
     let mut out = alloc.floats(rows * cols)?;
     let rows_per_task = (ROWS_PER_TASK_ELEMENTS / cols).max(1);
-    let (task_values, task_bytes) = (cols * rows_per_task, row_bytes * rows_per_task);
-    let task = |(values, bytes): (&mut [f32], &[u8])| ty.dequantize_into(bytes, values);
-    if on_pool(rows.div_ceil(rows_per_task)) {
-        out.par_chunks_mut(task_values).zip(blocks.par_chunks(task_bytes)).for_each(task);
-    } else {
-        out.chunks_mut(task_values).zip(blocks.chunks(task_bytes)).for_each(task);
-    }
+    let tasks = out.chunks_mut(cols * rows_per_task).zip(blocks.chunks(row_bytes * rows_per_task)).collect();
+    map_pieces(tasks, |(values, bytes): (&mut [f32], &[u8])| ty.dequantize_into(bytes, values));
     Ok(out)
 }
 
