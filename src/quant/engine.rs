@@ -632,11 +632,21 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     #[inline(always)]
     fn batch_params<S: Element>(&self, run: &[S], group_len: usize, count: usize, params: &mut [GroupParams; BATCH_GROUPS]) -> bool {
         let (mut mn, mut mx) = ([0f32; PARAM_LANES], [0f32; PARAM_LANES]);
-        for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
-            let Ok(range) = min_max(xs, 0, self.cpu) else {
-                return false;
-            };
-            (mn[i], mx[i]) = range;
+        #[cfg(target_arch = "x86_64")]
+        let together = self.cpu.and_then(|cpu| cpu.group_extremes(run, group_len, count, &mut mn, &mut mx));
+        #[cfg(not(target_arch = "x86_64"))]
+        let together: Option<bool> = None;
+        match together {
+            Some(all_finite) if !all_finite => return false,
+            Some(_) => {}
+            None => {
+                for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
+                    let Ok(range) = min_max(xs, 0, self.cpu) else {
+                        return false;
+                    };
+                    (mn[i], mx[i]) = range;
+                }
+            }
         }
         if self.spec.scale_dtype == ScaleDType::F32 {
             let mut lanes = ParamLanes::default();

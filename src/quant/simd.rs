@@ -105,27 +105,27 @@ pub trait Lane: Copy + 'static {
     /// `p` points at sixteen readable elements; the CPU supports AVX-512 F.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
-    /// `(min, max, all finite)` of `xs` as float32 ([`avx2::min_max`] unless the type has a
-    /// cheaper way).
+    /// The extremes of `xs` (a multiple of 16 elements) on eight float32 lanes: the least
+    /// lane of the first vector is the minimum, the greatest of the second the maximum;
+    /// and whether every element is finite.
     ///
     /// # Safety
     /// The CPU supports AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn min_max_avx2(xs: &[Self]) -> (f32, f32, bool) {
+    unsafe fn lane_extremes_avx2(xs: &[Self]) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, bool) {
         // SAFETY: the caller guarantees AVX2 and F16C.
-        unsafe { avx2::min_max(xs) }
+        unsafe { avx2::lane_extremes(xs) }
     }
-    /// [`Lane::min_max_avx2`] on 512-bit vectors ([`avx512::min_max`] unless the type
-    /// has a cheaper way).
+    /// [`Lane::lane_extremes_avx2`] on sixteen lanes, for `xs` a multiple of 32 elements.
     ///
     /// # Safety
     /// The CPU supports AVX-512 F, BW and VL.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn min_max_avx512(xs: &[Self]) -> (f32, f32, bool) {
+    unsafe fn lane_extremes_avx512(xs: &[Self]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512, bool) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
-        unsafe { avx512::min_max(xs) }
+        unsafe { avx512::lane_extremes(xs) }
     }
 }
 
@@ -187,16 +187,15 @@ impl Lane for bf16 {
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn min_max_avx2(xs: &[Self]) -> (f32, f32, bool) {
-        // SAFETY: the caller guarantees AVX2.
-        unsafe { avx2::min_max_bf16(xs) }
+    unsafe fn lane_extremes_avx2(xs: &[Self]) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, bool) {
+        // SAFETY: the caller guarantees AVX2 and F16C.
+        unsafe { avx2::lane_extremes_half(bytemuck::cast_slice(xs), avx2::BF16) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn min_max_avx512(xs: &[Self]) -> (f32, f32, bool) {
-        // SAFETY: the caller guarantees AVX-512, hence AVX2; the integer path already
-        // takes sixteen values per 256-bit vector.
-        unsafe { avx2::min_max_bf16(xs) }
+    unsafe fn lane_extremes_avx512(xs: &[Self]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512, bool) {
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL.
+        unsafe { avx512::lane_extremes_half(bytemuck::cast_slice(xs), avx2::BF16) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -220,6 +219,18 @@ impl Lane for f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self) // the inherent, exact conversion
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lane_extremes_avx2(xs: &[Self]) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, bool) {
+        // SAFETY: the caller guarantees AVX2 and F16C.
+        unsafe { avx2::lane_extremes_half(bytemuck::cast_slice(xs), avx2::F16) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lane_extremes_avx512(xs: &[Self]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512, bool) {
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL.
+        unsafe { avx512::lane_extremes_half(bytemuck::cast_slice(xs), avx2::F16) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -316,11 +327,30 @@ impl Avx2 {
     pub fn min_max<W: Lane>(self, xs: &[W]) -> (f32, f32, bool) {
         if self.wide {
             // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL.
-            unsafe { W::min_max_avx512(xs) }
+            unsafe { avx512::min_max(xs) }
         } else {
             // SAFETY: `self` proves the CPU supports AVX2.
-            unsafe { W::min_max_avx2(xs) }
+            unsafe { avx2::min_max(xs) }
         }
+    }
+
+    /// The extremes of `count` (at most 16) consecutive groups of `group_len` elements
+    /// starting `xs` into `mn[..count]`, `mx[..count]` ([`avx2::group_extremes`], or
+    /// [`avx512::group_extremes`] when wide): `Some(all finite)`, or `None` (nothing
+    /// done) unless `group_len` is a positive multiple of 32.
+    #[inline(always)]
+    pub fn group_extremes<W: Lane>(self, xs: &[W], group_len: usize, count: usize, mn: &mut [f32; 16], mx: &mut [f32; 16]) -> Option<bool> {
+        if group_len == 0 || !group_len.is_multiple_of(32) {
+            return None;
+        }
+        Some(if self.wide {
+            // SAFETY: a wide `self` proves the CPU supports AVX-512 F, BW and VL; the
+            // function checks the lengths.
+            unsafe { avx512::group_extremes(xs, group_len, count, mn, mx) }
+        } else {
+            // SAFETY: `self` proves the CPU supports AVX2 and F16C; as above.
+            unsafe { avx2::group_extremes(xs, group_len, count, mn, mx) }
+        })
     }
 
     /// [`avx2::encode`], or [`avx512::encode`] when wide.
@@ -485,8 +515,6 @@ impl Avx2 {
 pub mod avx2 {
     use std::arch::x86_64::*;
 
-    use half::bf16;
-
     use crate::quant::gguf::kquants::Qkx2;
 
     use super::Lane;
@@ -500,34 +528,27 @@ pub mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn min_max<W: Lane>(xs: &[W]) -> (f32, f32, bool) {
-        let mut lo = _mm256_set1_ps(f32::INFINITY);
-        let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
-        let inf = _mm256_set1_ps(f32::INFINITY);
-        let mut finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-        let mut blocks = xs.chunks_exact(8);
-        for block in &mut blocks {
-            // SAFETY: `block` has exactly 8 elements; AVX2 and F16C are enabled here.
-            let v = unsafe { W::load8(block.as_ptr()) };
-            lo = _mm256_min_ps(lo, v);
-            hi = _mm256_max_ps(hi, v);
-            // |v| < inf is false for ±inf and NaN.
-            finite = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs_mask), inf));
+        let whole = xs.len() / 16 * 16;
+        let mut extremes = (f32::INFINITY, f32::NEG_INFINITY, true);
+        if whole > 0 {
+            // SAFETY: the caller guarantees AVX2; `whole` is a positive multiple of 16.
+            let (lo, hi, finite) = unsafe { W::lane_extremes_avx2(&xs[..whole]) };
+            // The extremes of finite values do not depend on the order they are taken in
+            // (a non-finite value is reported by index before these are used).
+            extremes = (reduce_lanes(lo, |a, b| _mm256_min_ps(a, b)), reduce_lanes(hi, |a, b| _mm256_max_ps(a, b)), finite);
         }
-        let mut lows = [0f32; 8];
-        let mut highs = [0f32; 8];
-        // SAFETY: both arrays hold 8 floats.
+        fold_rest(&xs[whole..], extremes)
+    }
+
+    /// `op` (minimum or maximum) over the eight lanes of `v`.
+    #[inline(always)]
+    fn reduce_lanes(v: __m256, op: impl Fn(__m256, __m256) -> __m256) -> f32 {
+        // SAFETY: pure register operations of AVX, which every caller has enabled.
         unsafe {
-            _mm256_storeu_ps(lows.as_mut_ptr(), lo);
-            _mm256_storeu_ps(highs.as_mut_ptr(), hi);
+            let v = op(v, _mm256_permute2f128_ps::<0x01>(v, v));
+            let v = op(v, _mm256_shuffle_ps::<0b01_00_11_10>(v, v));
+            _mm256_cvtss_f32(op(v, _mm256_shuffle_ps::<0b10_11_00_01>(v, v)))
         }
-        let all_finite = _mm256_movemask_ps(finite) == 0xff;
-        let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
-        for j in 0..8 {
-            mn = if lows[j] < mn { lows[j] } else { mn };
-            mx = if highs[j] > mx { highs[j] } else { mx };
-        }
-        fold_rest(blocks.remainder(), (mn, mx, all_finite))
     }
 
     /// `(min, max, all finite)` extended by the elements a vector loop left over.
@@ -542,27 +563,82 @@ pub mod avx2 {
         (mn, mx, all_finite)
     }
 
-    /// [`min_max`] for bfloat16 without widening: sixteen values per vector, compared as
-    /// integers. Flipping the magnitude bits of negative values turns the sign-magnitude
-    /// bit patterns into `i16`s in the same order as the values (−0.0 just below +0.0),
-    /// so the extremes are found on 16-bit lanes and widened once at the end.
+    /// [`Lane::lane_extremes_avx2`] of float32 and float64 (widened as they load).
     ///
     /// # Safety
     /// The CPU supports AVX2.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn min_max_bf16(xs: &[bf16]) -> (f32, f32, bool) {
+    pub unsafe fn lane_extremes<W: Lane>(xs: &[W]) -> (__m256, __m256, bool) {
+        debug_assert!(xs.len().is_multiple_of(16));
+        let mut lo = _mm256_set1_ps(f32::INFINITY);
+        let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let mut finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        for block in xs.chunks_exact(8) {
+            // SAFETY: `block` has exactly 8 elements; AVX2 and F16C are enabled here.
+            let v = unsafe { W::load8(block.as_ptr()) };
+            lo = _mm256_min_ps(lo, v);
+            hi = _mm256_max_ps(hi, v);
+            // |v| < inf is false for ±inf and NaN.
+            finite = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_and_ps(v, abs_mask), inf));
+        }
+        (lo, hi, _mm256_movemask_ps(finite) == 0xff)
+    }
+
+    /// A 16-bit float format, for [`lane_extremes_half`]: the mask of its exponent field
+    /// (all set: ±inf or NaN), and which format it is.
+    #[derive(Clone, Copy)]
+    pub struct HalfFormat {
+        pub(super) exponent: i16,
+        pub(super) bfloat: bool,
+    }
+
+    /// The bfloat16 format.
+    pub const BF16: HalfFormat = HalfFormat { exponent: 0x7f80, bfloat: true };
+    /// The IEEE float16 format.
+    pub const F16: HalfFormat = HalfFormat { exponent: 0x7c00, bfloat: false };
+
+    impl HalfFormat {
+        /// Eight values of this format, as bit patterns, widened exactly to float32.
+        #[inline(always)]
+        pub(super) fn widen8(self, bits: __m128i) -> __m256 {
+            // SAFETY: pure register operations of AVX2 and F16C, which every caller has
+            // enabled. A bfloat16 is the high half of the float32 of the same value.
+            unsafe {
+                if self.bfloat {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+                } else {
+                    _mm256_cvtph_ps(bits)
+                }
+            }
+        }
+    }
+
+    /// [`Lane::lane_extremes_avx2`] of 16-bit floats (bfloat16, float16: `bits` are their
+    /// bit patterns) without widening each value: sixteen values per vector, compared as
+    /// integers. Flipping the magnitude bits of negative values turns the sign-magnitude
+    /// bit patterns into `i16`s in the same order as the values (−0.0 just below +0.0),
+    /// so the extremes are found on 16-bit lanes and only the eight lane extremes are
+    /// widened. `bits` is a positive multiple of 16 long (the initial keys are not
+    /// values: the greatest is a NaN).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn lane_extremes_half(bits: &[u16], format: HalfFormat) -> (__m256, __m256, bool) {
+        debug_assert!(!bits.is_empty() && bits.len().is_multiple_of(16));
         // The order-preserving key, and back (the map is its own inverse).
         let key = |v: __m256i| _mm256_xor_si256(v, _mm256_srli_epi16::<1>(_mm256_srai_epi16::<15>(v)));
-        let key_to_value = |k: i16| bf16::from_bits((k ^ ((k >> 15) & 0x7fff)) as u16).to_f32();
-        let exponent = _mm256_set1_epi16(0x7f80);
+        let exponent = _mm256_set1_epi16(format.exponent);
         let mut lo = _mm256_set1_epi16(i16::MAX);
         let mut hi = _mm256_set1_epi16(i16::MIN);
         // All exponent bits set means ±inf or NaN.
         let mut not_finite = _mm256_setzero_si256();
-        let mut blocks = xs.chunks_exact(16);
-        for block in &mut blocks {
-            // SAFETY: `block` holds 16 bfloat16 (32 bytes); the load is unaligned.
+        for block in bits.chunks_exact(16) {
+            // SAFETY: `block` holds 16 values (32 bytes); the load is unaligned.
             let v = unsafe { _mm256_loadu_si256(block.as_ptr().cast()) };
             let k = key(v);
             lo = _mm256_min_epi16(lo, k);
@@ -570,19 +646,67 @@ pub mod avx2 {
             not_finite = _mm256_or_si256(not_finite, _mm256_cmpeq_epi16(_mm256_and_si256(v, exponent), exponent));
         }
         let all_finite = _mm256_testz_si256(not_finite, not_finite) == 1;
-        let (mut mn, mut mx) = (f32::INFINITY, f32::NEG_INFINITY);
-        if xs.len() >= 16 {
-            // Horizontal extremes with `phminposuw` (unsigned 16-bit): keys offset by 0x8000
-            // for the minimum, complemented for the maximum.
-            let flip = _mm256_set1_epi16(i16::MIN);
-            let lows = _mm256_xor_si256(lo, flip);
-            let highs = _mm256_xor_si256(hi, _mm256_set1_epi16(0x7fff));
-            let low = _mm_minpos_epu16(_mm_min_epu16(_mm256_castsi256_si128(lows), _mm256_extracti128_si256::<1>(lows)));
-            let high = _mm_minpos_epu16(_mm_min_epu16(_mm256_castsi256_si128(highs), _mm256_extracti128_si256::<1>(highs)));
-            mn = key_to_value((_mm_extract_epi16::<0>(low) as u16 ^ 0x8000) as i16);
-            mx = key_to_value((_mm_extract_epi16::<0>(high) as u16 ^ 0x7fff) as i16);
+        let (lo_a, lo_b) = (_mm256_castsi256_si128(lo), _mm256_extracti128_si256::<1>(lo));
+        let (hi_a, hi_b) = (_mm256_castsi256_si128(hi), _mm256_extracti128_si256::<1>(hi));
+        let values = |k: __m128i| format.widen8(_mm256_castsi256_si128(key(_mm256_castsi128_si256(k))));
+        (values(_mm_min_epi16(lo_a, lo_b)), values(_mm_max_epi16(hi_a, hi_b)), all_finite)
+    }
+
+    /// The extremes of each of `count` (at most 16) consecutive groups of `group_len`
+    /// elements (a positive multiple of 16) that start `xs`, into `mn[..count]` and
+    /// `mx[..count]`; `false` (the extremes then unspecified) when a value is not finite.
+    /// Eight groups' lane extremes are reduced together (a transposing tree: 7 minimums
+    /// for 8 groups instead of 3 per group, and the groups' chains independent).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn group_extremes<W: Lane>(xs: &[W], group_len: usize, count: usize, mn: &mut [f32; 16], mx: &mut [f32; 16]) -> bool {
+        assert!(count <= 16 && group_len > 0 && group_len.is_multiple_of(16) && xs.len() >= count * group_len);
+        let mut finite = true;
+        for (eight, (mn, mx)) in xs[..count * group_len].chunks(8 * group_len).zip(mn.chunks_exact_mut(8).zip(mx.chunks_exact_mut(8))) {
+            let mut lows = [_mm256_set1_ps(f32::INFINITY); 8];
+            let mut highs = [_mm256_set1_ps(f32::NEG_INFINITY); 8];
+            for (g, group) in eight.chunks_exact(group_len).enumerate() {
+                // SAFETY: the caller guarantees AVX2 and F16C; `group_len` is a positive
+                // multiple of 16.
+                let (lo, hi, group_finite) = unsafe { W::lane_extremes_avx2(group) };
+                (lows[g], highs[g]) = (lo, hi);
+                finite &= group_finite;
+            }
+            // SAFETY: `mn` and `mx` hold 8 floats each.
+            unsafe {
+                _mm256_storeu_ps(mn.as_mut_ptr(), reduce_8_vectors(lows, |a, b| _mm256_min_ps(a, b)));
+                _mm256_storeu_ps(mx.as_mut_ptr(), reduce_8_vectors(highs, |a, b| _mm256_max_ps(a, b)));
+            }
         }
-        fold_rest(blocks.remainder(), (mn, mx, all_finite))
+        finite
+    }
+
+    /// Lane `g` of the result is `op` over the eight lanes of `v[g]`, for an `op` (minimum
+    /// or maximum) whose result does not depend on the order it is applied in. Each round
+    /// halves the lanes per vector and the vectors: the halves to combine are brought
+    /// together by one two-source shuffle each.
+    #[inline(always)]
+    fn reduce_8_vectors(v: [__m256; 8], op: impl Fn(__m256, __m256) -> __m256) -> __m256 {
+        // SAFETY: pure register operations of AVX2, which every caller has enabled.
+        unsafe {
+            // Pairs (a, b) → lanes 0-3 from a, 4-7 from b: 128-bit halves low with high.
+            let w: [__m256; 4] = std::array::from_fn(|j| {
+                let (a, b) = (v[2 * j], v[2 * j + 1]);
+                op(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+            });
+            // Within halves: elements 0,1 with 2,3 → half h of u[j]: groups 4j + h, 4j + 2 + h.
+            let u: [__m256; 2] = std::array::from_fn(|j| {
+                let (a, b) = (w[2 * j], w[2 * j + 1]);
+                op(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
+            });
+            // Elements 0,2 with 1,3 → element k of half h holds group 2k + h.
+            let r = op(_mm256_shuffle_ps::<0b10_00_10_00>(u[0], u[1]), _mm256_shuffle_ps::<0b11_01_11_01>(u[0], u[1]));
+            // Lane g ← lane 4 (g mod 2) + g / 2.
+            _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+        }
     }
 
     /// The stored codes of `xs` (`xs.len()` a multiple of 32), `bits` bits each, packed
@@ -1212,12 +1336,33 @@ pub mod avx512 {
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn min_max<W: Lane>(xs: &[W]) -> (f32, f32, bool) {
+        let whole = xs.len() / 32 * 32;
+        if whole == 0 {
+            // SAFETY: AVX-512 implies AVX2.
+            return unsafe { avx2::min_max(xs) };
+        }
+        // SAFETY: the caller guarantees AVX-512 F, BW and VL; `whole` is a positive
+        // multiple of 32.
+        let (lo, hi, finite) = unsafe { W::lane_extremes_avx512(&xs[..whole]) };
+        // The extremes of finite values do not depend on the order they are taken in (a
+        // non-finite value is reported by index before these are used).
+        let (mn, mx) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        avx2::fold_rest(&xs[whole..], (mn, mx, finite))
+    }
+
+    /// [`Lane::lane_extremes_avx512`] of float32 and float64 (widened as they load).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn lane_extremes<W: Lane>(xs: &[W]) -> (__m512, __m512, bool) {
+        debug_assert!(xs.len().is_multiple_of(32));
         let mut lo = _mm512_set1_ps(f32::INFINITY);
         let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
         let inf = _mm512_set1_ps(f32::INFINITY);
         let mut finite: __mmask16 = 0xffff;
-        let mut blocks = xs.chunks_exact(16);
-        for block in &mut blocks {
+        for block in xs.chunks_exact(16) {
             // SAFETY: `block` has exactly 16 elements; AVX-512 F is enabled here.
             let v = unsafe { W::load16(block.as_ptr()) };
             lo = _mm512_min_ps(lo, v);
@@ -1225,10 +1370,108 @@ pub mod avx512 {
             // |v| < inf is false for ±inf and NaN.
             finite &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(v), inf);
         }
-        // The extremes of finite values do not depend on the order they are taken in (a
-        // non-finite value is reported by index before these are used).
-        let (mn, mx) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
-        avx2::fold_rest(blocks.remainder(), (mn, mx, finite == 0xffff))
+        (lo, hi, finite == 0xffff)
+    }
+
+    /// [`avx2::lane_extremes_half`] on 512-bit vectors: thirty-two keys per vector, each
+    /// computed in two instructions (an arithmetic shift, then `x ^ (s & 0x7fff)` as one
+    /// ternary-logic instruction). `bits` is a positive multiple of 32 long.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn lane_extremes_half(bits: &[u16], format: avx2::HalfFormat) -> (__m512, __m512, bool) {
+        debug_assert!(!bits.is_empty() && bits.len().is_multiple_of(32));
+        let exponent = _mm512_set1_epi16(format.exponent);
+        let magnitude = _mm512_set1_epi16(0x7fff);
+        // 0x78 is `a ^ (b & c)` in the truth-table encoding (a = 0xf0, b = 0xcc, c = 0xaa);
+        // the key map is its own inverse.
+        let key = |v: __m512i| _mm512_ternarylogic_epi32::<0x78>(v, _mm512_srai_epi16::<15>(v), magnitude);
+        let mut lo = _mm512_set1_epi16(i16::MAX);
+        let mut hi = _mm512_set1_epi16(i16::MIN);
+        let mut not_finite: __mmask32 = 0;
+        for block in bits.chunks_exact(32) {
+            // SAFETY: `block` holds 32 values (64 bytes); the load is unaligned.
+            let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+            let k = key(v);
+            lo = _mm512_min_epi16(lo, k);
+            hi = _mm512_max_epi16(hi, k);
+            // All exponent bits set means ±inf or NaN.
+            not_finite |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, exponent), exponent);
+        }
+        let (lo_a, lo_b) = (_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64::<1>(lo));
+        let (hi_a, hi_b) = (_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64::<1>(hi));
+        let values = |k: __m256i| {
+            let bits = _mm512_castsi512_si256(key(_mm512_castsi256_si512(k)));
+            // Widened exactly; a bfloat16 is the high half of the float32 of the same value.
+            if format.bfloat {
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+            } else {
+                _mm512_cvtph_ps(bits)
+            }
+        };
+        (values(_mm256_min_epi16(lo_a, lo_b)), values(_mm256_max_epi16(hi_a, hi_b)), not_finite == 0)
+    }
+
+    /// The extremes of each of `count` (at most 16) consecutive groups of `group_len`
+    /// elements (a multiple of 32) that start `xs`, into `mn[..count]` and `mx[..count]`;
+    /// `false` (the extremes then unspecified) when a value is not finite. Each group's
+    /// sixteen lane extremes are reduced together with the other groups' (a transposing
+    /// tree: 15 minimums for 16 groups instead of 4 per group, and the groups' chains
+    /// independent of each other).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+    pub unsafe fn group_extremes<W: Lane>(xs: &[W], group_len: usize, count: usize, mn: &mut [f32; 16], mx: &mut [f32; 16]) -> bool {
+        assert!(count <= 16 && group_len.is_multiple_of(32) && xs.len() >= count * group_len);
+        let mut lows = [_mm512_set1_ps(f32::INFINITY); 16];
+        let mut highs = [_mm512_set1_ps(f32::NEG_INFINITY); 16];
+        let mut finite = true;
+        for (g, group) in xs.chunks_exact(group_len).take(count).enumerate() {
+            // SAFETY: the caller guarantees AVX-512 F, BW and VL; `group_len` is a multiple of 32.
+            let (lo, hi, group_finite) = unsafe { W::lane_extremes_avx512(group) };
+            (lows[g], highs[g]) = (lo, hi);
+            finite &= group_finite;
+        }
+        // SAFETY: `mn` and `mx` hold 16 floats each.
+        unsafe {
+            _mm512_storeu_ps(mn.as_mut_ptr(), reduce_16_vectors(lows, |a, b| _mm512_min_ps(a, b)));
+            _mm512_storeu_ps(mx.as_mut_ptr(), reduce_16_vectors(highs, |a, b| _mm512_max_ps(a, b)));
+        }
+        finite
+    }
+
+    /// Lane `g` of the result is `op` over the sixteen lanes of `v[g]`, for an `op`
+    /// (minimum or maximum) whose result does not depend on the order it is applied in.
+    /// Each round halves the lanes per vector and the vectors: the halves to combine
+    /// are brought together by one two-source shuffle each.
+    #[inline(always)]
+    fn reduce_16_vectors(v: [__m512; 16], op: impl Fn(__m512, __m512) -> __m512) -> __m512 {
+        // SAFETY: pure register operations of AVX-512 F, which every caller has enabled.
+        unsafe {
+            // Pairs (a, b) → lanes 0-7 from a, 8-15 from b: 128-bit blocks 0,1 with 2,3.
+            let w: [__m512; 8] = std::array::from_fn(|j| {
+                let (a, b) = (v[2 * j], v[2 * j + 1]);
+                op(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+            });
+            // → block q of u[j] holds group 4j + q: blocks 0,2 of each with 1,3.
+            let u: [__m512; 4] = std::array::from_fn(|j| {
+                let (a, b) = (w[2 * j], w[2 * j + 1]);
+                op(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+            });
+            // Within blocks: elements 0,1 with 2,3 → block q of t[j]: groups 8j + q, 8j + 4 + q.
+            let t: [__m512; 2] = std::array::from_fn(|j| {
+                let (a, b) = (u[2 * j], u[2 * j + 1]);
+                op(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b))
+            });
+            // Elements 0,2 with 1,3 → lane 4q + k holds group 4k + q.
+            let r = op(_mm512_shuffle_ps::<0b10_00_10_00>(t[0], t[1]), _mm512_shuffle_ps::<0b11_01_11_01>(t[0], t[1]));
+            // Lane g ← lane 4 (g mod 4) + g / 4.
+            _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r)
+        }
     }
 
     /// [`avx2::encode`] on 512-bit vectors.
@@ -1498,5 +1741,77 @@ pub mod avx512 {
             // SAFETY: the caller guarantees AVX-512, hence AVX2; the remainder is 32 elements.
             unsafe { avx2::encode(steps.remainder(), p, BITS, outs.into_remainder()) };
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use half::{bf16, f16};
+
+    use super::{Avx2, Lane};
+
+    /// Each group's extremes, found together, are those a scan of the group finds, for
+    /// every batch size and element type: a wrong shuffle in the reduction tree would put
+    /// one group's range on another.
+    fn check_group_extremes<W: Lane>(from_f32: fn(f32) -> W) {
+        let group_len = 64;
+        // Distinct ranges per group, extremes at varying positions, negative zeros too.
+        let values: Vec<W> = (0..16 * group_len)
+            .map(|i| {
+                let (g, k) = (i / group_len, i % group_len);
+                let v = ((i * 7919) % 1009) as f32 / 100.0 - 5.0 + g as f32 * 3.0;
+                from_f32(if k == (g * 5) % group_len { -0.0 } else { v })
+            })
+            .collect();
+        let cpus = [Avx2::detect(), Avx2::detect_wide()];
+        if cpus[1].is_none() {
+            eprintln!("no AVX-512 F/BW/VL here: only the AVX2 group_extremes checked");
+        }
+        for (cpu, count) in cpus.into_iter().flatten().flat_map(|cpu| (1..=16).map(move |count| (cpu, count))) {
+            let (mut mn, mut mx) = ([f32::NAN; 16], [f32::NAN; 16]);
+            assert_eq!(cpu.group_extremes(&values, group_len, count, &mut mn, &mut mx), Some(true));
+            for (g, group) in values.chunks_exact(group_len).take(count).enumerate() {
+                let widened: Vec<f32> = group.iter().map(|x| x.to_f32()).collect();
+                assert_eq!(mn[g], widened.iter().copied().fold(f32::INFINITY, f32::min), "min of group {g} of {count}");
+                assert_eq!(mx[g], widened.iter().copied().fold(f32::NEG_INFINITY, f32::max), "max of group {g} of {count}");
+            }
+        }
+        let mut with_inf = values.clone();
+        with_inf[5 * group_len + 3] = from_f32(f32::INFINITY);
+        for cpu in cpus.into_iter().flatten() {
+            assert_eq!(cpu.group_extremes(&with_inf, group_len, 16, &mut [0.0; 16], &mut [0.0; 16]), Some(false));
+            assert_eq!(cpu.group_extremes(&with_inf, group_len, 5, &mut [0.0; 16], &mut [0.0; 16]), Some(true));
+        }
+    }
+
+    /// `min_max` of every short length (no vector, part of one, a vector and a rest) on
+    /// both vector widths equals a scan's: a vector loop that never ran must not leave
+    /// its initial lanes in the result.
+    fn check_min_max<W: Lane>(from_f32: fn(f32) -> W) {
+        let values: Vec<W> = (0..100).map(|i| from_f32(((i * 37) % 23) as f32 - 11.5)).collect();
+        for cpu in [Avx2::detect(), Avx2::detect_wide()].into_iter().flatten() {
+            for n in 1..values.len() {
+                let widened: Vec<f32> = values[..n].iter().map(|x| x.to_f32()).collect();
+                let expected =
+                    (widened.iter().copied().fold(f32::INFINITY, f32::min), widened.iter().copied().fold(f32::NEG_INFINITY, f32::max), true);
+                assert_eq!(cpu.min_max(&values[..n]), expected, "{n} values");
+            }
+        }
+    }
+
+    #[test]
+    fn short_runs_have_the_extremes_of_a_scan() {
+        check_min_max::<f32>(|v| v);
+        check_min_max::<f64>(f64::from);
+        check_min_max::<f16>(f16::from_f32);
+        check_min_max::<bf16>(bf16::from_f32);
+    }
+
+    #[test]
+    fn groups_found_together_have_their_own_extremes() {
+        check_group_extremes::<f32>(|v| v);
+        check_group_extremes::<f64>(f64::from);
+        check_group_extremes::<f16>(f16::from_f32);
+        check_group_extremes::<bf16>(bf16::from_f32);
     }
 }
