@@ -28,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class ShardTask:
     include: tuple[str, ...]
     exclude: tuple[str, ...]
     kill_marker: str | None = None
+    # The CPUs the engine gave the task: its process's pool is sized to them (None: the
+    # caller's own process, whose pool is left alone).
+    threads: int | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -82,6 +85,7 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     """A worker's task: write output shard ``task.file``; its size, SHA-256 and reports."""
     from ._files import _selector  # the worker rebuilds the caller's patterns
 
+    threads = _native._size_task_pool(task.threads or 0)
     progress = None
     marker = task.kill_marker
     if marker is not None and not os.path.exists(marker):
@@ -95,7 +99,8 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         scale_dtype_given=task.scale_dtype_given, select=_selector(task.include, task.exclude), progress=progress,
     )
     path = Path(task.folder) / task.file
-    return {"file": task.file, "size": path.stat().st_size, "sha256": _sha256(path), "reports": reports}
+    return {"file": task.file, "size": path.stat().st_size, "sha256": _sha256(path), "reports": reports,
+            "threads": threads}
 
 
 def _task_memory(shard: dict[str, Any]) -> int:
@@ -120,8 +125,11 @@ def _run_local(tasks: list[ShardTask], memory: dict[str, int], workers: int, max
         for task in tasks:
             yield run_shard(task)
         return
+    # The machine's cores shared among the worker processes, not each process's pool on all
+    # of them (as OpenMP's OMP_NUM_THREADS does for Ray and Dask tasks).
+    share = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quantbridge-shard") as threads:
-        running = {threads.submit(_in_subprocess, t, max_retries) for t in tasks}
+        running = {threads.submit(_in_subprocess, replace(t, threads=share), max_retries) for t in tasks}
         try:
             for future in as_completed(running):
                 yield future.result()
@@ -164,8 +172,9 @@ def _run_ray(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_r
     try:
         remote = ray.remote(run_shard)
         refs = {
+            # One declared CPU, one engine thread (Ray sets OMP_NUM_THREADS the same way).
             remote.options(num_cpus=1, memory=memory[t.file], max_retries=max_retries,
-                           name=f"quantbridge:{t.file}").remote(t): t
+                           name=f"quantbridge:{t.file}").remote(replace(t, threads=1)): t
             for t in tasks
         }
         while refs:
@@ -199,8 +208,10 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                 resources={"MEMORY": per_worker}, silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
+            share = max(1, (os.cpu_count() or 1) // workers)  # this machine's cores, shared
         else:
             client = stack.enter_context(Client(address))
+            share = 1  # a worker thread per task: Dask's nannies set OMP_NUM_THREADS=1 too
         offered = [w.get("resources", {}).get("MEMORY") for w in client.scheduler_info()["workers"].values()]
         declare = bool(offered) and all(m is not None for m in offered)
         if declare:
@@ -211,7 +222,7 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
                         f"at most the largest Dask worker's MEMORY resource ({max(offered) / MIB:.0f} MiB)",
                         "start workers with more memory (dask worker --resources MEMORY=BYTES)")
         futures = {
-            client.submit(run_shard, t, key=f"quantbridge-shard-{t.file}-{os.urandom(4).hex()}", pure=False,
+            client.submit(run_shard, replace(t, threads=share), key=f"quantbridge-shard-{t.file}-{os.urandom(4).hex()}", pure=False,
                           retries=max_retries, resources={"MEMORY": memory[t.file]} if declare else None): t
             for t in tasks
         }

@@ -43,6 +43,19 @@ fn _kernel() -> &'static str {
     crate::quant::Kernel::best().name()
 }
 
+/// Size the engine's thread pool for a task that was given `threads` CPUs (a shard of a
+/// sharded job in a worker process), before its first call; returns the pool's size in
+/// effect. The pool is built once per process: a pool already running, or one the user
+/// sized with `RAYON_NUM_THREADS`, is left as it is.
+#[pyfunction]
+fn _size_task_pool(threads: usize) -> usize {
+    if threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // An error means the pool already runs (this process quantized before): keep it.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+    rayon::current_num_threads()
+}
+
 /// Read every byte of a tensor once, on the engine's threads (a wrapping sum of its 8-byte
 /// words; the GIL is released): the read limit the benchmarks compare the kernels with.
 /// Unlike `torch.sum` it leaves no OpenMP threads spinning after it, so the benchmark can
@@ -109,6 +122,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_in_engine, m)?)?;
     m.add_function(wrap_pyfunction!(_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(_read_pass, m)?)?;
+    m.add_function(wrap_pyfunction!(_size_task_pool, m)?)?;
     m.add("QuantizationError", py.get_type::<errors::QuantizationError>())?;
     m.add("ValidationError", errors::validation_error_type(py)?)?;
     m.add("BatchQuantizationError", errors::batch_error_type(py)?)?;

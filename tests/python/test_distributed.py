@@ -220,6 +220,41 @@ def test_task_memory_is_declared_to_the_scheduler(checkpoint, tmp_path, monkeypa
     assert _sharded._task_memory({"largest_tensor": 10}) == 20 + 2**50
 
 
+def record_pool_sizes(monkeypatch, executor: str) -> list[int]:
+    """The engine pool size each of ``executor``'s tasks reports, in order of completion."""
+    seen: list[int] = []
+    engine = _sharded.ENGINES[executor]
+
+    def recording(*args):
+        for result in engine(*args):
+            seen.append(result["threads"])
+            yield result
+
+    monkeypatch.setitem(_sharded.ENGINES, executor, recording)
+    return seen
+
+
+@pytest.mark.parametrize("executor, workers", ENGINES)
+def test_each_task_sizes_the_engine_pool_to_its_share_of_the_cores(checkpoint, tmp_path, monkeypatch, executor,
+                                                                   workers):
+    """A task's process does not run the engine on every core of the machine while other
+    tasks share it: a Ray task gets its declared CPU, a local worker process or a local
+    Dask worker the machine's cores divided among the workers. Before, each had a pool of
+    all the cores (2 on 2 cores with 2 workers: 4 threads)."""
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    seen = record_pool_sizes(monkeypatch, executor)
+    qb.quantize_file(checkpoint, tmp_path / "out", executor=executor, workers=workers)
+    share = 1 if executor == "ray" else max(1, (os.cpu_count() or 1) // workers)
+    assert seen == [share] * SHARDS
+
+
+def test_a_pool_size_the_user_chose_is_kept(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYON_NUM_THREADS", "3")
+    seen = record_pool_sizes(monkeypatch, "local")
+    qb.quantize_file(checkpoint, tmp_path / "out", executor="local", workers=2)
+    assert seen == [3] * SHARDS
+
+
 def test_options_that_do_not_apply_are_refused(checkpoint, tmp_path):
     with pytest.raises(qb.ValidationError, match="single-file output"):
         qb.quantize_file(checkpoint, tmp_path / "one.safetensors", executor="local")
