@@ -1415,7 +1415,7 @@ pub mod avx512 {
     }
 
     /// The extremes of each of `count` (at most 16) consecutive groups of `group_len`
-    /// elements (a multiple of 32) that start `xs`, into `mn[..count]` and `mx[..count]`;
+    /// elements (a positive multiple of 32) that start `xs`, into `mn[..count]` and `mx[..count]`;
     /// `false` (the extremes then unspecified) when a value is not finite. Each group's
     /// sixteen lane extremes are reduced together with the other groups' (a transposing
     /// tree: 15 minimums for 16 groups instead of 4 per group, and the groups' chains
@@ -1426,7 +1426,7 @@ pub mod avx512 {
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     pub unsafe fn group_extremes<W: Lane>(xs: &[W], group_len: usize, count: usize, mn: &mut [f32; 16], mx: &mut [f32; 16]) -> bool {
-        assert!(count <= 16 && group_len.is_multiple_of(32) && xs.len() >= count * group_len);
+        assert!(count <= 16 && group_len > 0 && group_len.is_multiple_of(32) && xs.len() >= count * group_len);
         let mut lows = [_mm512_set1_ps(f32::INFINITY); 16];
         let mut highs = [_mm512_set1_ps(f32::NEG_INFINITY); 16];
         let mut finite = true;
