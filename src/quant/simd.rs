@@ -189,13 +189,13 @@ impl Lane for bf16 {
     #[inline(always)]
     unsafe fn lane_extremes_avx2(xs: &[Self]) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, bool) {
         // SAFETY: the caller guarantees AVX2 and F16C.
-        unsafe { avx2::lane_extremes_half(bytemuck::cast_slice(xs), avx2::BF16) }
+        unsafe { avx2::lane_extremes_half(xs, 0x7f80) } // bfloat16's exponent field
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn lane_extremes_avx512(xs: &[Self]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512, bool) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
-        unsafe { avx512::lane_extremes_half(bytemuck::cast_slice(xs), avx2::BF16) }
+        unsafe { avx512::lane_extremes_half(xs, 0x7f80) } // bfloat16's exponent field
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -224,13 +224,13 @@ impl Lane for f16 {
     #[inline(always)]
     unsafe fn lane_extremes_avx2(xs: &[Self]) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256, bool) {
         // SAFETY: the caller guarantees AVX2 and F16C.
-        unsafe { avx2::lane_extremes_half(bytemuck::cast_slice(xs), avx2::F16) }
+        unsafe { avx2::lane_extremes_half(xs, 0x7c00) } // float16's exponent field
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn lane_extremes_avx512(xs: &[Self]) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512, bool) {
         // SAFETY: the caller guarantees AVX-512 F, BW and VL.
-        unsafe { avx512::lane_extremes_half(bytemuck::cast_slice(xs), avx2::F16) }
+        unsafe { avx512::lane_extremes_half(xs, 0x7c00) } // float16's exponent field
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -587,58 +587,30 @@ pub mod avx2 {
         (lo, hi, _mm256_movemask_ps(finite) == 0xff)
     }
 
-    /// A 16-bit float format, for [`lane_extremes_half`]: the mask of its exponent field
-    /// (all set: ±inf or NaN), and which format it is.
-    #[derive(Clone, Copy)]
-    pub struct HalfFormat {
-        pub(super) exponent: i16,
-        pub(super) bfloat: bool,
-    }
-
-    /// The bfloat16 format.
-    pub const BF16: HalfFormat = HalfFormat { exponent: 0x7f80, bfloat: true };
-    /// The IEEE float16 format.
-    pub const F16: HalfFormat = HalfFormat { exponent: 0x7c00, bfloat: false };
-
-    impl HalfFormat {
-        /// Eight values of this format, as bit patterns, widened exactly to float32.
-        #[inline(always)]
-        pub(super) fn widen8(self, bits: __m128i) -> __m256 {
-            // SAFETY: pure register operations of AVX2 and F16C, which every caller has
-            // enabled. A bfloat16 is the high half of the float32 of the same value.
-            unsafe {
-                if self.bfloat {
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
-                } else {
-                    _mm256_cvtph_ps(bits)
-                }
-            }
-        }
-    }
-
-    /// [`Lane::lane_extremes_avx2`] of 16-bit floats (bfloat16, float16: `bits` are their
-    /// bit patterns) without widening each value: sixteen values per vector, compared as
-    /// integers. Flipping the magnitude bits of negative values turns the sign-magnitude
-    /// bit patterns into `i16`s in the same order as the values (−0.0 just below +0.0),
-    /// so the extremes are found on 16-bit lanes and only the eight lane extremes are
-    /// widened. `bits` is a positive multiple of 16 long (the initial keys are not
-    /// values: the greatest is a NaN).
+    /// [`Lane::lane_extremes_avx2`] of 16-bit floats (bfloat16, float16, whose exponent
+    /// field is `exponent`) without widening each value: sixteen values per vector,
+    /// compared as integers. Flipping the magnitude bits of negative values turns the
+    /// sign-magnitude bit patterns into `i16`s in the same order as the values (−0.0 just
+    /// below +0.0), so the extremes are found on 16-bit lanes and only the eight lane
+    /// extremes are widened (by [`Lane::load8`]). `xs` is a positive multiple of 16 long
+    /// (the initial keys are not values: the greatest is a NaN).
     ///
     /// # Safety
     /// The CPU supports AVX2 and F16C.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn lane_extremes_half(bits: &[u16], format: HalfFormat) -> (__m256, __m256, bool) {
-        debug_assert!(!bits.is_empty() && bits.len().is_multiple_of(16));
+    pub unsafe fn lane_extremes_half<W: Lane>(xs: &[W], exponent: i16) -> (__m256, __m256, bool) {
+        const { assert!(size_of::<W>() == 2) };
+        debug_assert!(!xs.is_empty() && xs.len().is_multiple_of(16));
         // The order-preserving key, and back (the map is its own inverse).
         let key = |v: __m256i| _mm256_xor_si256(v, _mm256_srli_epi16::<1>(_mm256_srai_epi16::<15>(v)));
-        let exponent = _mm256_set1_epi16(format.exponent);
+        let exponent = _mm256_set1_epi16(exponent);
         let mut lo = _mm256_set1_epi16(i16::MAX);
         let mut hi = _mm256_set1_epi16(i16::MIN);
         // All exponent bits set means ±inf or NaN.
         let mut not_finite = _mm256_setzero_si256();
-        for block in bits.chunks_exact(16) {
-            // SAFETY: `block` holds 16 values (32 bytes); the load is unaligned.
+        for block in xs.chunks_exact(16) {
+            // SAFETY: `block` holds 16 two-byte values (32 bytes); the load is unaligned.
             let v = unsafe { _mm256_loadu_si256(block.as_ptr().cast()) };
             let k = key(v);
             lo = _mm256_min_epi16(lo, k);
@@ -648,7 +620,15 @@ pub mod avx2 {
         let all_finite = _mm256_testz_si256(not_finite, not_finite) == 1;
         let (lo_a, lo_b) = (_mm256_castsi256_si128(lo), _mm256_extracti128_si256::<1>(lo));
         let (hi_a, hi_b) = (_mm256_castsi256_si128(hi), _mm256_extracti128_si256::<1>(hi));
-        let values = |k: __m128i| format.widen8(_mm256_castsi256_si128(key(_mm256_castsi128_si256(k))));
+        let values = |k: __m128i| {
+            let mut bits = [0u16; 8];
+            // SAFETY: `bits` holds 8 two-byte values, each the bit pattern of a `W`, which
+            // `load8` reads (and widens exactly) as it reads the tensor.
+            unsafe {
+                _mm_storeu_si128(bits.as_mut_ptr().cast(), _mm256_castsi256_si128(key(_mm256_castsi128_si256(k))));
+                W::load8(bits.as_ptr().cast())
+            }
+        };
         (values(_mm_min_epi16(lo_a, lo_b)), values(_mm_max_epi16(hi_a, hi_b)), all_finite)
     }
 
@@ -1375,15 +1355,16 @@ pub mod avx512 {
 
     /// [`avx2::lane_extremes_half`] on 512-bit vectors: thirty-two keys per vector, each
     /// computed in two instructions (an arithmetic shift, then `x ^ (s & 0x7fff)` as one
-    /// ternary-logic instruction). `bits` is a positive multiple of 32 long.
+    /// ternary-logic instruction). `xs` is a positive multiple of 32 long.
     ///
     /// # Safety
     /// The CPU supports AVX-512 F, BW and VL.
     #[inline]
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
-    pub unsafe fn lane_extremes_half(bits: &[u16], format: avx2::HalfFormat) -> (__m512, __m512, bool) {
-        debug_assert!(!bits.is_empty() && bits.len().is_multiple_of(32));
-        let exponent = _mm512_set1_epi16(format.exponent);
+    pub unsafe fn lane_extremes_half<W: Lane>(xs: &[W], exponent: i16) -> (__m512, __m512, bool) {
+        const { assert!(size_of::<W>() == 2) };
+        debug_assert!(!xs.is_empty() && xs.len().is_multiple_of(32));
+        let exponent = _mm512_set1_epi16(exponent);
         let magnitude = _mm512_set1_epi16(0x7fff);
         // 0x78 is `a ^ (b & c)` in the truth-table encoding (a = 0xf0, b = 0xcc, c = 0xaa);
         // the key map is its own inverse.
@@ -1391,8 +1372,8 @@ pub mod avx512 {
         let mut lo = _mm512_set1_epi16(i16::MAX);
         let mut hi = _mm512_set1_epi16(i16::MIN);
         let mut not_finite: __mmask32 = 0;
-        for block in bits.chunks_exact(32) {
-            // SAFETY: `block` holds 32 values (64 bytes); the load is unaligned.
+        for block in xs.chunks_exact(32) {
+            // SAFETY: `block` holds 32 two-byte values (64 bytes); the load is unaligned.
             let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
             let k = key(v);
             lo = _mm512_min_epi16(lo, k);
@@ -1403,12 +1384,12 @@ pub mod avx512 {
         let (lo_a, lo_b) = (_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64::<1>(lo));
         let (hi_a, hi_b) = (_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64::<1>(hi));
         let values = |k: __m256i| {
-            let bits = _mm512_castsi512_si256(key(_mm512_castsi256_si512(k)));
-            // Widened exactly; a bfloat16 is the high half of the float32 of the same value.
-            if format.bfloat {
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
-            } else {
-                _mm512_cvtph_ps(bits)
+            let mut bits = [0u16; 16];
+            // SAFETY: `bits` holds 16 two-byte values, each the bit pattern of a `W`, which
+            // `load16` reads (and widens exactly) as it reads the tensor.
+            unsafe {
+                _mm256_storeu_si256(bits.as_mut_ptr().cast(), _mm512_castsi512_si256(key(_mm512_castsi256_si512(k))));
+                W::load16(bits.as_ptr().cast())
             }
         };
         (values(_mm256_min_epi16(lo_a, lo_b)), values(_mm256_max_epi16(hi_a, hi_b)), not_finite == 0)
