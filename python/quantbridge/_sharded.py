@@ -103,6 +103,13 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
             "threads": threads}
 
 
+def _core_share(workers: int) -> int:
+    """The engine threads of each of ``workers`` worker processes on this machine: its cores
+    shared among them, not each process's pool on all of them (as OMP_NUM_THREADS is set for
+    Ray and Dask tasks)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _task_memory(shard: dict[str, Any]) -> int:
     """The memory one shard's task declares to the scheduler."""
     return 2 * shard["largest_tensor"] + TASK_OVERHEAD_BYTES
@@ -125,9 +132,7 @@ def _run_local(tasks: list[ShardTask], memory: dict[str, int], workers: int, max
         for task in tasks:
             yield run_shard(task)
         return
-    # The machine's cores shared among the worker processes, not each process's pool on all
-    # of them (as OpenMP's OMP_NUM_THREADS does for Ray and Dask tasks).
-    share = max(1, (os.cpu_count() or 1) // workers)
+    share = _core_share(workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="quantbridge-shard") as threads:
         running = {threads.submit(_in_subprocess, replace(t, threads=share), max_retries) for t in tasks}
         try:
@@ -208,7 +213,7 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                 resources={"MEMORY": per_worker}, silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(cluster))
-            share = max(1, (os.cpu_count() or 1) // workers)  # this machine's cores, shared
+            share = _core_share(workers)
         else:
             client = stack.enter_context(Client(address))
             share = 1  # a worker thread per task: Dask's nannies set OMP_NUM_THREADS=1 too
@@ -222,8 +227,9 @@ def _run_dask(tasks: list[ShardTask], memory: dict[str, int], workers: int, max_
                         f"at most the largest Dask worker's MEMORY resource ({max(offered) / MIB:.0f} MiB)",
                         "start workers with more memory (dask worker --resources MEMORY=BYTES)")
         futures = {
-            client.submit(run_shard, replace(t, threads=share), key=f"quantbridge-shard-{t.file}-{os.urandom(4).hex()}", pure=False,
-                          retries=max_retries, resources={"MEMORY": memory[t.file]} if declare else None): t
+            client.submit(run_shard, replace(t, threads=share), key=f"quantbridge-shard-{t.file}-{os.urandom(4).hex()}",
+                          pure=False, retries=max_retries,
+                          resources={"MEMORY": memory[t.file]} if declare else None): t
             for t in tasks
         }
         for future in as_completed(futures):

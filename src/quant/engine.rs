@@ -637,8 +637,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         #[cfg(not(target_arch = "x86_64"))]
         let together: Option<bool> = None;
         match together {
-            Some(all_finite) if !all_finite => return false,
-            Some(_) => {}
+            Some(false) => return false, // a value is not finite
+            Some(true) => {}
             None => {
                 for (i, xs) in run.chunks_exact(group_len).take(count).enumerate() {
                     let Ok(range) = min_max(xs, 0, self.cpu) else {
