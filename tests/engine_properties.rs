@@ -380,6 +380,30 @@ fn batches_of_groups_match_the_reference_with_and_without_stats() {
     }
 }
 
+/// Batches are sized by the kernel (`Avx2::batch_groups`: fewer, smaller batches on
+/// 256-bit vectors) and ask memory for what follows them (`Strided::after_run`): long
+/// groups, whose batches hold from 2 to 16 of them, and rows that do not lie end to end
+/// (a column slice, whose next row starts past memory the view does not cover) give the
+/// reference's bytes and statistics on every kernel build.
+#[test]
+fn batch_sizes_and_column_slices_match_the_reference() {
+    let (rows, cols, stored_cols) = (4usize, 1024 * 5 + 64, 1024 * 5 + 64 + 100);
+    let values: Vec<f32> = (0..rows * stored_cols).map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0).collect();
+    let halves: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+    for data in [ElemSlice::F32(&values), ElemSlice::F16(&halves)] {
+        let whole = TensorView::new(data, 0, vec![rows, stored_cols], vec![stored_cols as isize, 1]).unwrap();
+        let slice = TensorView::new(data, 0, vec![rows, cols], vec![stored_cols as isize, 1]).unwrap();
+        for view in [&whole, &slice] {
+            for (bits, group) in [(4, 1024), (2, 256), (8, 64)] {
+                for stats in [false, true] {
+                    let spec = QuantSpec { bits, granularity: Granularity::Group(group), stats, ..QuantSpec::default() };
+                    assert_every_build_matches_the_reference(view, &spec);
+                }
+            }
+        }
+    }
+}
+
 /// bfloat16 groups find their extremes on 16-bit keys: every non-finite kind, in every
 /// lane position, is still reported at its flat index.
 #[test]

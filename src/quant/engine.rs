@@ -407,7 +407,8 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
                     // different row of the output.
                     let group_bytes = width * bits / 8;
                     let mut staging = CodeWriter::new(&mut staged[..count * group_bytes], bits as u8);
-                    if self.encode_batch::<f32, STATS>(rows, width, count, &mut batch, &mut staging, &mut batch_accs) {
+                    // The gathered block is in L2 already: nothing to ask memory for.
+                    if self.encode_batch::<f32, STATS>(rows, width, count, &mut batch, &mut staging, &mut batch_accs, &[]) {
                         staging.finish();
                         for (k, bytes) in staged[..count * group_bytes].chunks_exact(group_bytes).enumerate() {
                             let i = n * BATCH_GROUPS + k;
@@ -474,6 +475,16 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             self.fixed.is_none() && lay.group_len < lay.cols && (strided || T::DTYPE == DType::F32 || vector_kernels);
         let mut batch = [GroupParams::default(); BATCH_GROUPS];
         let mut batch_accs = [StatsAcc::default(); BATCH_GROUPS];
+        let rows_follow = self.data.rows_follow();
+        // Groups per batch: as many as the kernels take, or fewer when smaller batches
+        // keep memory busier (`Avx2::batch_groups`); a gathered tile is in cache already.
+        #[cfg(target_arch = "x86_64")]
+        let batch_cap = match self.cpu {
+            Some(cpu) if !strided => cpu.batch_groups(lay.group_len * std::mem::size_of::<T>(), BATCH_GROUPS),
+            _ => BATCH_GROUPS,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let batch_cap = BATCH_GROUPS;
         let mut group = 0;
         let (mut row, mut col) = (e0 / lay.cols, e0 % lay.cols);
         let mut row_offset = self.data.row_offset(row);
@@ -490,14 +501,19 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             // Whole groups of a contiguous row, several at a time: their parameters first,
             // then their codes (see `batch_params`).
             let batch_groups =
-                if batching { ((lay.cols - col).min(e1 - e) / lay.group_len).min(BATCH_GROUPS) } else { 0 };
+                if batching { ((lay.cols - col).min(e1 - e) / lay.group_len).min(batch_cap) } else { 0 };
             let batched = batch_groups >= 2
                 && if tile_rows.contains(&row) {
                     let at = (row - tile_rows.start) * lay.cols + col;
-                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs)
+                    self.encode_batch::<f32, STATS>(&tile[at..at + batch_groups * lay.group_len], lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs, &[])
                 } else {
-                    match self.data.contiguous_run(row_offset, col, batch_groups * lay.group_len) {
-                        Some(run) => self.encode_batch::<T, STATS>(run, lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs),
+                    let len = batch_groups * lay.group_len;
+                    match self.data.contiguous_run(row_offset, col, len) {
+                        Some(run) => {
+                            // What this chunk reads next, for the kernel to ask memory for.
+                            let next = self.data.after_run(row_offset, col, len, (2 * len).min(e1 - e - len), rows_follow);
+                            self.encode_batch::<T, STATS>(run, lay.group_len, batch_groups, &mut batch, &mut writer, &mut batch_accs, next)
+                        }
                         None => false,
                     }
                 };
@@ -562,10 +578,13 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
     /// first (into `batch`), then their codes. With `STATS`, group `k`'s statistics go to
     /// `accs[k]`, reset first: the caller adds them up in flat order (a fresh
     /// accumulator's one segment, merged, adds exactly what the segment would add
-    /// directly). `false` (nothing written) when a group is not finite or has no
-    /// representable scale.
+    /// directly). `next` is what the caller reads after `run` when it follows `run` in
+    /// memory (else empty): the vector kernels ask memory for part of it while they
+    /// encode (`Avx2::encode_groups`). `false` (nothing written) when a group is not
+    /// finite or has no representable scale.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn encode_batch<S: Element, const STATS: bool>(
         &self,
         run: &[S],
@@ -574,6 +593,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
         batch: &mut [GroupParams; BATCH_GROUPS],
         writer: &mut CodeWriter<'_>,
         accs: &mut [StatsAcc; BATCH_GROUPS],
+        next: &[S],
     ) -> bool {
         if !self.batch_params(run, group_len, count, batch) {
             return false;
@@ -588,7 +608,7 @@ impl<T: Element> Chunk<'_, '_, '_, T> {
             #[cfg(target_arch = "x86_64")]
             Some(cpu) if writer.byte_aligned() && group_len.is_multiple_of(BLOCK) => {
                 let (bits, bytes) = (writer.bits(), run.len() / writer.codes_per_byte());
-                cpu.encode_groups(run, group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(accs));
+                cpu.encode_groups(run, group_len, params, bits, writer.next_bytes(bytes), STATS.then_some(accs), next);
             }
             _ => {
                 for ((p, xs), acc) in params.iter().zip(run.chunks_exact(group_len)).zip(accs) {

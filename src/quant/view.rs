@@ -274,14 +274,7 @@ impl<'a> TensorView<'a> {
     }
     /// True when the elements are laid out row-major with no gaps.
     pub fn is_c_contiguous(&self) -> bool {
-        let mut expected = 1isize;
-        for (&n, &s) in self.shape.iter().zip(&self.strides).rev() {
-            if n != 1 && s != expected {
-                return false;
-            }
-            expected = expected.wrapping_mul(n as isize);
-        }
-        true
+        row_major_without_gaps(&self.shape, &self.strides)
     }
     /// `rows × cols` with cols the last axis (docs/math.md).
     pub fn rows_cols(&self) -> (usize, usize) {
@@ -295,6 +288,19 @@ impl<'a> TensorView<'a> {
         let data = T::unwrap_slice(self.data)?;
         Some(Strided { data, origin: self.origin, shape: &self.shape, strides: &self.strides })
     }
+}
+
+/// Whether `strides` lay `shape` out row-major with no gaps (axes of length 1 may have
+/// any stride).
+fn row_major_without_gaps(shape: &[usize], strides: &[isize]) -> bool {
+    let mut expected = 1isize;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 && s != expected {
+            return false;
+        }
+        expected = expected.wrapping_mul(n as isize);
+    }
+    true
 }
 
 /// Row-major element strides for `shape`.
@@ -353,6 +359,28 @@ impl<'a, T: Element> Strided<'a, '_, T> {
         }
         let start = (self.origin as isize + row_offset + col as isize * stride) as usize;
         Some(&self.data[start..start + len])
+    }
+
+    /// Up to `limit` elements that a row-by-row read takes next after the `len`-element
+    /// run at `row_offset`, `col` (one [`Self::contiguous_run`]), and which follow it in
+    /// memory: the rest of its row, then, when `rows_follow` (the rows lie end to end, as
+    /// in a row-major view without gaps), the rows after it. Empty unless the last axis
+    /// has stride 1.
+    #[inline]
+    pub fn after_run(&self, row_offset: isize, col: usize, len: usize, limit: usize, rows_follow: bool) -> &'a [T] {
+        let cols = self.shape[self.shape.len() - 1];
+        if self.col_stride() != 1 || col + len > cols {
+            return &[];
+        }
+        let end = (self.origin as isize + row_offset) as usize + col + len;
+        let limit = if rows_follow { limit } else { limit.min(cols - col - len) };
+        &self.data[end.min(self.data.len())..(end + limit).min(self.data.len())]
+    }
+
+    /// Whether the rows lie end to end in memory: the last axis has stride 1 and each row
+    /// starts where the previous one ends (a row-major view without gaps).
+    pub fn rows_follow(&self) -> bool {
+        row_major_without_gaps(self.shape, self.strides)
     }
 
     /// `len` elements of a row starting at `row_offset + col*col_stride`, as float32, into
@@ -548,5 +576,23 @@ mod tests {
         assert_eq!(span(0, vec![4, 5], vec![6, 1]), None); // rows sliced
         assert_eq!(span(0, vec![4, 3], vec![6, 2]), None); // every other column
         assert_eq!(span(0, vec![4, 6], vec![0, 1]), None); // broadcast rows
+    }
+
+    /// What follows a run: the next rows too when they lie end to end, else only the rest
+    /// of the run's row; never past the buffer, and nothing for a strided last axis.
+    #[test]
+    fn after_a_run_comes_the_rest_of_its_row_and_rows_that_follow() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let after = |shape: Vec<usize>, strides: Vec<isize>, row: usize, col: usize, len: usize, limit: usize| {
+            let view = TensorView::new(ElemSlice::F32(&data), 0, shape, strides).unwrap();
+            let typed = view.typed::<f32>().unwrap();
+            let rows_follow = typed.rows_follow();
+            let next = typed.after_run(typed.row_offset(row), col, len, limit, rows_follow);
+            (rows_follow, next.first().copied(), next.len())
+        };
+        assert_eq!(after(vec![4, 6], vec![6, 1], 1, 2, 2, 5), (true, Some(10.0), 5)); // into row 2
+        assert_eq!(after(vec![4, 6], vec![6, 1], 3, 2, 2, 5), (true, Some(22.0), 2)); // buffer's end
+        assert_eq!(after(vec![4, 4], vec![6, 1], 1, 0, 2, 5), (false, Some(8.0), 2)); // rows sliced
+        assert_eq!(after(vec![4, 6], vec![1, 4], 0, 0, 1, 5), (false, None, 0)); // transposed
     }
 }
