@@ -529,15 +529,12 @@ impl Avx2 {
     }
 }
 
-/// AVX2 kernels for contiguous float32, float16 and bfloat16 groups (the halves widened
-/// exactly to float32 in registers). Each computes exactly what the portable code computes (`min_max`, `GroupParams::encode`): IEEE single-precision multiply, add
-/// and subtract in the same order, min/max that agree with compare-and-select on finite
-/// values, and truncating conversions of values that are already integral.
 /// The largest batch (in bytes of input) [`Avx2::encode_groups`] asks memory for the batch
 /// after the next one while it encodes. Three such batches (the one encoded, the next,
 /// whose lines are arriving, and the one asked for) stay within a 32 KiB L1. Larger
 /// batches ask for nothing: on the AMD EPYC (Zen 4) this was measured on, requests two
 /// 16 KiB batches ahead, into L1 or L2, made them slower (benches/README.md).
+#[cfg(target_arch = "x86_64")]
 pub const PREFETCH_BATCH_BYTES: usize = 8 << 10;
 
 /// What a batch `xs` asks memory for while it encodes, out of `next` (what follows `xs`):
@@ -561,6 +558,10 @@ fn group_share<W>(ahead: &[W], group_len: usize, k: usize) -> &[W] {
     &ahead[from..((k + 1) * group_len).min(ahead.len())]
 }
 
+/// AVX2 kernels for contiguous float32, float16 and bfloat16 groups (the halves widened
+/// exactly to float32 in registers). Each computes exactly what the portable code computes (`min_max`, `GroupParams::encode`): IEEE single-precision multiply, add
+/// and subtract in the same order, min/max that agree with compare-and-select on finite
+/// values, and truncating conversions of values that are already integral.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
